@@ -1,0 +1,76 @@
+"""`llmlab <verb>`: one entry point, one small module per verb.
+
+Each verb module in `llmlab.cli` defines
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> int
+and is imported only when its verb is used, so `llmlab --help` is instant (no torch import).
+An `LLMLabError` is printed as a plain message with exit status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from llmlab.core.errors import LLMLabError
+
+# verb -> (module, one-line description). The order is the order shown in --help.
+VERBS: dict[str, tuple[str, str]] = {
+    "train": ("llmlab.cli.train", "train a GPT from scratch (or resume a run)"),
+    "sample": ("llmlab.cli.sample", "generate text from a trained run's checkpoint"),
+    "runs": ("llmlab.cli.runs", "compare run directories: config diffs, losses, overlaid curves"),
+    "chat": ("llmlab.cli.chat", "chat with a pretrained model (default: SmolLM2-135M-Instruct)"),
+    "generate": ("llmlab.cli.generate", "generate a completion for a prompt (plain text or --json)"),
+    "export": ("llmlab.cli.export", "export a trained run to a Hugging Face directory or GGUF"),
+    "tokenizer": ("llmlab.cli.tokenizer", "train, inspect, convert tokenizers and encode text"),
+    "rag": ("llmlab.cli.rag", "index documents, search, answer with citations, evaluate retrieval"),
+    "data": ("llmlab.cli.data", "curate raw text into clean, deduplicated, tokenized shards"),
+}
+
+
+def _available_verbs() -> dict[str, tuple[str, str]]:
+    return {v: spec for v, spec in VERBS.items() if importlib.util.find_spec(spec[0]) is not None}
+
+
+def _top_help(verbs: dict[str, tuple[str, str]]) -> str:
+    width = max(len(v) for v in verbs)
+    lines = ["usage: llmlab [--debug] <verb> [options]", "", "verbs:"]
+    lines += [f"  {v:<{width}}  {desc}" for v, (_, desc) in verbs.items()]
+    lines += ["", "`llmlab <verb> --help` explains each verb's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    verbs = _available_verbs()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help(verbs))
+        return 0
+    verb = argv[0]
+    if verb not in verbs:
+        print(f"llmlab: unknown verb {verb!r}\n\n{_top_help(verbs)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(verbs[verb][0])
+    parser = argparse.ArgumentParser(prog=f"llmlab {verb}", description=verbs[verb][1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except LLMLabError as e:
+        if debug:
+            raise
+        print(f"llmlab {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nllmlab {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
