@@ -1,0 +1,72 @@
+"""`ModelConfig`: every architectural choice of the Transformer, as one typed dataclass.
+
+Two families share one model class and differ only in these switches:
+
+    field          GPT-2 style        Llama style
+    position       "learned"          "rope"            (Su et al. 2021, arXiv:2104.09864)
+    norm           "layernorm"        "rmsnorm"         (Zhang & Sennrich 2019, arXiv:1910.07467)
+    mlp            "gelu"             "swiglu"          (Shazeer 2020, arXiv:2002.05202)
+    bias           True               False
+    n_kv_head      = n_head           < n_head (GQA)    (Ainslie et al. 2023, arXiv:2305.13245)
+    tie_embeddings True               optional
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = field(default=0, metadata={"help": "vocabulary size (0: taken from the tokenizer)"})
+    block_size: int = field(default=256, metadata={"help": "context length in tokens"})
+    n_layer: int = field(default=6, metadata={"help": "number of Transformer blocks"})
+    n_head: int = field(default=6, metadata={"help": "attention heads (query heads)"})
+    n_kv_head: int | None = field(default=None, metadata={"help": "key/value heads for grouped-query attention (None: = n_head)"})
+    n_embd: int = field(default=384, metadata={"help": "model width (residual stream size)"})
+    head_dim: int | None = field(default=None, metadata={"help": "size of one head (None: n_embd / n_head)"})
+    mlp_hidden: int | None = field(default=None, metadata={"help": "MLP hidden size (None: 4*n_embd for gelu, ~8/3*n_embd for swiglu)"})
+    position: str = field(default="rope", metadata={"help": "position encoding", "choices": ["learned", "rope"]})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency"})
+    norm: str = field(default="rmsnorm", metadata={"help": "normalisation layer", "choices": ["layernorm", "rmsnorm"]})
+    norm_eps: float = field(default=1e-5, metadata={"help": "epsilon inside the norm"})
+    mlp: str = field(default="swiglu", metadata={"help": "MLP type", "choices": ["gelu", "swiglu"]})
+    bias: bool = field(default=False, metadata={"help": "biases in linear layers and LayerNorm"})
+    qkv_bias: bool | None = field(default=None, metadata={"help": "biases on q/k/v projections only (Qwen2); None: = bias"})
+    tie_embeddings: bool = field(default=True, metadata={"help": "share the token embedding with the output head"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on attention and residual branches"})
+    attention: str = field(default="sdpa", metadata={"help": "sdpa (fused kernel) or explicit (readable softmax(QK^T/sqrt(d))V)", "choices": ["sdpa", "explicit"]})
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            self.head_dim = self.n_embd // self.n_head
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
+        if self.mlp_hidden is None:
+            if self.mlp == "gelu":
+                self.mlp_hidden = 4 * self.n_embd
+            else:
+                # SwiGLU has 3 matrices instead of 2: 2/3 of 4*d keeps the parameter count equal
+                # (Shazeer 2020). Round up to a multiple of 64 for efficient matmuls.
+                self.mlp_hidden = 64 * ((int(8 * self.n_embd / 3) + 63) // 64)
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+
+
+# Named model shapes (the training presets in llmlab.train.config pick one and may override fields).
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # nanoGPT's documented CPU run: GPT-2 style, 4 layers x 4 heads x 128, context 64.
+    "nanogpt-cpu": ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, position="learned",
+                               norm="layernorm", mlp="gelu", bias=True, dropout=0.0),
+    # Our default for Shakespeare on a laptop CPU: Llama style (RoPE, RMSNorm, SwiGLU).
+    "shakespeare-char": ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=192, position="rope",
+                                    norm="rmsnorm", mlp="swiglu", bias=False, dropout=0.0),
+    # GPT-2 small (124M) for GPU users.
+    "gpt2-124m": ModelConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                             position="learned", norm="layernorm", mlp="gelu", bias=True),
+    # A small Llama (GQA) for token datasets made by `llmlab data tokenize`.
+    "small-llama": ModelConfig(block_size=256, n_layer=6, n_head=6, n_kv_head=2, n_embd=384,
+                               position="rope", norm="rmsnorm", mlp="swiglu"),
+}

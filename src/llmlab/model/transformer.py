@@ -1,0 +1,265 @@
+"""A decoder-only Transformer that covers GPT-2 and Llama, readable top to bottom.
+
+    norms -> rotary embeddings -> attention -> MLP -> Block -> Transformer
+
+Shapes: B batch, T new tokens, S keys attended to (T without a cache), C = n_embd,
+H query heads, K key/value heads, D head_dim. Every block is pre-norm:
+    x = x + attn(norm(x));  x = x + mlp(norm(x))
+(GPT-2's layout; normalising the input of each branch, not the residual stream, keeps the stream's
+gradient path an identity and is what makes deep stacks train without warmup tricks; Xiong et al.
+2020, arXiv:2002.04745.)
+
+Linear layers are plain `nn.Linear`s with stable names (attn.wq/wk/wv/wo, mlp.w_up/w_gate/w_down,
+lm_head), so LoRA adapters and quantized layers can replace them by module name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.model.config import ModelConfig
+
+# ----------------------------------------------------------------------------- norms
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g: LayerNorm without the mean subtraction and bias (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed in float32 even under bf16 autocast: the mean of squares loses precision in bf16.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+# ----------------------------------------------------------------------------- rotary embeddings
+
+
+def rope_frequencies(head_dim: int, max_positions: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, (max_positions, head_dim/2): angle = position * theta^(-2i/D)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+D/2}) of each head by a position-dependent angle.
+
+    x: (B, heads, T, D); cos/sin: (B or 1, 1, T, D/2). Because a rotation by angle(m) on the query
+    and angle(n) on the key leaves only angle(m - n) in their dot product, attention scores depend
+    on relative position only (RoFormer, Su et al. 2021). The "halves" pairing is the one HF Llama
+    checkpoints use.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class KVCacheLike(Protocol):
+    """What attention needs from a KV cache (llmlab.infer implements it)."""
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, K, T, D) at `positions`; return all cached keys/values (B, K, S, D)."""
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.wq = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=config.qkv_bias)
+        self.wo = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.explicit = config.attention == "explicit"
+        self.use_rope = config.position == "rope"
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                kv_cache: KVCacheLike | None = None, positions: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, D)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        if self.use_rope:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v, positions)                  # (B, K, S, D)
+        # Grouped-query attention: each group of H/K query heads shares one key/value head.
+        if self.n_kv_head != self.n_head:
+            repeat = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        causal = attn_mask is None
+        dropout = self.dropout if self.training else 0.0
+        if self.explicit:
+            y = explicit_attention(q, k, v, attn_mask, causal, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
+                                               is_causal=causal and T > 1)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)          # (B, T, H*D)
+        return F.dropout(self.wo(y), dropout, self.training)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                       causal: bool, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(D) + mask) V, written out (Vaswani et al. 2017). Same result as SDPA."""
+    T, S = q.size(-2), k.size(-2)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))                   # (B, H, T, S)
+    if causal:
+        # Query t (the t-th of the last T positions) may see keys 0 .. S-T+t.
+        attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), dropout, dropout > 0)
+    return weights @ v                                                           # (B, H, T, D)
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class MLP(nn.Module):
+    """GELU: w_down(gelu(w_up x)).  SwiGLU: w_down(silu(w_gate x) * w_up x)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        self.w_up = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        if self.swiglu:
+            self.w_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.w_down = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            hidden = F.silu(self.w_gate(x)) * self.w_up(x)
+        else:
+            hidden = F.gelu(self.w_up(x), approximate="tanh")  # GPT-2 used the tanh approximation
+        return F.dropout(self.w_down(hidden), self.dropout, self.training)
+
+
+# ----------------------------------------------------------------------------- block and model
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope, kv_cache=None, positions=None, attn_mask=None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, kv_cache, positions, attn_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (it normally comes from the tokenizer)")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.position == "learned":
+            self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rope_frequencies(config.head_dim, config.block_size, config.rope_theta)
+            # Not saved in checkpoints: they are a pure function of the config.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.final_norm = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection gets std 0.02/sqrt(2L), so
+        # the residual stream's variance does not grow with depth (Radford et al. 2019, sec. 2.3).
+        for name, p in self.named_parameters():
+            if name.endswith("attn.wo.weight") or name.endswith("mlp.w_down.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, kv_cache: KVCacheLike | None = None,
+                attn_mask: torch.Tensor | None = None, return_hidden_states: bool = False) -> dict[str, Any]:
+        """idx (B, T) token ids -> {"logits": (B, T, V), "loss": scalar if targets, ...}.
+
+        positions (B, T) or (T,): absolute positions of the tokens (default 0..T-1; with a KV cache,
+        the engine passes where the new tokens sit). attn_mask (B, 1, T, S) bool, True = may attend;
+        None means plain causal attention. Targets equal to -100 are ignored by the loss.
+        """
+        B, T = idx.shape
+        if positions is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            positions = torch.arange(T, device=idx.device)
+        x = self.tok_emb(idx)                                                    # (B, T, C)
+        rope = None
+        if self.config.position == "learned":
+            x = x + self.pos_emb(positions)
+        else:
+            # (B or 1, 1, T, D/2): broadcast over heads.
+            rope = (self.rope_cos[positions].view(-1, 1, T, self.rope_cos.size(-1)),
+                    self.rope_sin[positions].view(-1, 1, T, self.rope_sin.size(-1)))
+        x = F.dropout(x, self.config.dropout, self.training)
+        hidden_states = []
+        for block in self.blocks:
+            if return_hidden_states:
+                hidden_states.append(x)
+            x = block(x, rope, kv_cache, positions, attn_mask)
+        x = self.final_norm(x)
+        out: dict[str, Any] = {"logits": self.lm_head(x)}
+        if return_hidden_states:
+            out["hidden_states"] = hidden_states + [x]
+        if targets is not None:
+            logits = out["logits"]
+            out["loss"] = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                          ignore_index=-100)
+        return out
+
+    # ------------------------------------------------------------------------- accounting
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Unique parameters (a tied head counts once). non_embedding drops token/position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.config.position == "learned":
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 per weight used in a matmul (2 forward + 4 backward), plus
+        attention's QK^T and AV products, 6 * 2 * L * T * H * D (Kaplan et al. 2020; PaLM app. B)."""
+        c = self.config
+        T = seq_len or c.block_size
+        matmul_weights = self.num_params(non_embedding=True) + c.vocab_size * c.n_embd  # + the output head
+        return 6.0 * matmul_weights + 12.0 * c.n_layer * T * c.n_head * c.head_dim
