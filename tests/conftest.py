@@ -1,10 +1,22 @@
-"""Shared test fixtures: the read-only ../shared/data folder, and small-thread torch for speed."""
+"""Shared test fixtures: the read-only ../shared/data folder, and torch thread settings.
+
+On a developer machine other jobs often share the cores; several torch processes each spinning
+up a full OpenMP thread pool slow each other down by an order of magnitude. Outside CI the tests
+therefore use one thread (override with LLMLAB_TEST_THREADS); CI has the machine to itself.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if not os.environ.get("CI"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("LLMLAB_TEST_THREADS", "1")))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -42,6 +42,17 @@ def _top_help(verbs: dict[str, tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _unknown_options(parser: argparse.ArgumentParser, verb: str, unknown: list[str]) -> None:
+    """Name the unknown option, suggest the closest valid one, and list them all."""
+    import difflib
+
+    valid = sorted({opt for action in parser._actions for opt in action.option_strings})
+    first = next((u.split("=")[0] for u in unknown if u.startswith("-")), unknown[0])
+    close = difflib.get_close_matches(first, valid, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    print(f"llmlab {verb}: error: unknown option {first}{hint}\nvalid options: {' '.join(valid)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -59,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"llmlab {verb}", description=verbs[verb][1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    args, unknown = parser.parse_known_args(argv[1:])
+    if unknown:
+        _unknown_options(parser, verb, unknown)
+        return 2
     try:
         return int(module.run(args) or 0)
     except LLMLabError as e:

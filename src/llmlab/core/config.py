@@ -55,7 +55,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | No
         help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if tp is bool:
-            kwargs.update(type=_parse_bool, metavar="true|false")
+            kwargs.update(type=_parse_bool, metavar="true|false", nargs="?", const=True)
         elif tp in (int, float, str):
             kwargs.update(type=tp, metavar=tp.__name__.upper())
         elif typing.get_origin(tp) in (list, tuple):
@@ -74,7 +74,8 @@ def apply_flags(config: T, args: argparse.Namespace) -> T:
     for name, value in given.items():
         if isinstance(value, list):
             given[name] = type(getattr(config, name))(value) if getattr(config, name) is not None else value
-    return dataclasses.replace(config, **given)
+    # A config with derived fields (ModelConfig) knows how to re-derive them.
+    return config.replace(**given) if hasattr(config, "replace") else dataclasses.replace(config, **given)
 
 
 def config_to_dict(config: Any) -> dict:

@@ -13,7 +13,7 @@ Two families share one model class and differ only in these switches:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -37,7 +37,12 @@ class ModelConfig:
     dropout: float = field(default=0.0, metadata={"help": "dropout on attention and residual branches"})
     attention: str = field(default="sdpa", metadata={"help": "sdpa (fused kernel) or explicit (readable softmax(QK^T/sqrt(d))V)", "choices": ["sdpa", "explicit"]})
 
+    # Fields that default to None and are derived from others in __post_init__.
+    DERIVED = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias")
+
     def __post_init__(self) -> None:
+        # Remember which derived fields were given explicitly, so `replace` can re-derive the rest.
+        object.__setattr__(self, "_explicit", {n for n in self.DERIVED if getattr(self, n) is not None})
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -53,6 +58,14 @@ class ModelConfig:
                 self.mlp_hidden = 64 * ((int(8 * self.n_embd / 3) + 63) // 64)
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with `changes`; derived fields that were not given explicitly are derived again
+        (`dataclasses.replace` would keep e.g. the old head_dim after n_embd changed)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.name not in self.DERIVED or f.name in self._explicit}
+        return ModelConfig(**{**current, **changes})
 
 
 # Named model shapes (the training presets in llmlab.train.config pick one and may override fields).

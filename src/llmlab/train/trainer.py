@@ -1,0 +1,291 @@
+"""The training loop: one visible `while` loop with evaluation, logging and checkpoints.
+
+    setup  -> device, seed, data, model, optimizer (or all of it restored from a checkpoint)
+    loop   -> lr schedule -> grad-accumulated forward/backward -> clip -> step
+              -> log / diagnose / evaluate / checkpoint / sample
+    finish -> final eval, checkpoint, loss.png, samples.txt
+
+The loop only needs a model whose forward returns {"loss": ...} and a batch source with
+`get_batch(split, batch_size, block_size, generator)`, and it trains whatever parameters require
+grad, so fine-tuning (full or LoRA) reuses it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from llmlab.core.device import autocast, pick_dtype
+from llmlab.core.errors import LLMLabError
+from llmlab.core.io import atomic_write_json
+from llmlab.core.progress import progress
+from llmlab.tokenizer import Tokenizer
+from llmlab.train import diagnostics
+from llmlab.train.checkpoint import BEST, CHECKPOINT, capture_rng, restore_rng, save_checkpoint
+from llmlab.train.config import RunConfig, parse_duration
+from llmlab.train.metrics import LOSS_PLOT, MetricsLog, plot_losses, read_metrics
+from llmlab.train.optim import lr_at, make_optimizer
+from llmlab.train.sampling import sample_tokens
+
+
+class BatchSource(Protocol):
+    def get_batch(self, split: str, batch_size: int, block_size: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class LoopState:
+    """Everything besides weights and optimizer moments that a resume must restore."""
+
+    step: int = 0
+    elapsed_s: float = 0.0           # wall time spent training so far (across resumes)
+    best_val: float = math.inf
+    evals_since_best: int = 0
+    last_val: float | None = None
+    stop_reason: str = ""
+    history: list[float] = field(default_factory=list)  # recent losses, for spike detection
+
+
+def peak_flops(device: torch.device, configured_tflops: float) -> tuple[float, str]:
+    """The denominator of MFU. GPUs: the datasheet bf16 dense peak. CPUs have no single published
+    figure, so we measure a large float32 matmul here and report MFU relative to that."""
+    if configured_tflops > 0:
+        return configured_tflops * 1e12, "configured"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in (("H200", 989), ("H100", 989), ("A100", 312), ("L4", 121), ("A10", 125),
+                            ("4090", 165), ("3090", 71), ("T4", 65)):
+            if key in name:
+                return tflops * 1e12, f"{name} bf16 datasheet"
+    n = 1024
+    g = torch.Generator(device=device).manual_seed(0)  # never touch the global RNG (exact resume)
+    a, b = torch.randn(n, n, device=device, generator=g), torch.randn(n, n, device=device, generator=g)
+    a @ b  # warm up
+    t0, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0), "measured fp32 matmul"
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, model: torch.nn.Module, data: BatchSource, tokenizer: Tokenizer,
+                 run_dir: Path, device: torch.device, resume_state: dict | None = None):
+        self.run, self.cfg = run, run.train
+        self.model, self.data, self.tokenizer, self.run_dir, self.device = model, data, tokenizer, run_dir, device
+        dtype = self.cfg.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        self.amp_dtype = pick_dtype(dtype)
+        self.max_time = parse_duration(self.cfg.max_time)
+        if self.cfg.max_iters is None and self.max_time is None:
+            raise LLMLabError("set a budget: --max-iters N and/or --max-time 10m")
+        self.optimizer = make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, (self.cfg.beta1, self.cfg.beta2),
+                                        device, self.cfg.decay_embeddings)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.state = LoopState()
+        if resume_state is not None:
+            self.model.load_state_dict(resume_state["model"])
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            self.state = LoopState(**{**resume_state["loop"], "stop_reason": ""})
+            restore_rng(resume_state["rng"], self.generator)
+        self.forward_model = torch.compile(model) if self.cfg.compile else model
+        self.spikes = diagnostics.SpikeDetector(self.cfg.spike_factor)
+        self.spikes.recent.extend(self.state.history)
+        self.tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * run.model.block_size
+        self.flops_per_token = model.flops_per_token()
+        self.peak, self.peak_source = peak_flops(device, self.cfg.peak_tflops)
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ pieces of the loop
+
+    def progress_fraction(self) -> float:
+        """How far through the schedule we are: by steps, by wall time, whichever is further.
+        A --max-time run decays by the clock, so it is not bit-reproducible; an iteration budget is."""
+        fractions = []
+        horizon = self.cfg.lr_decay_iters or self.cfg.max_iters
+        if horizon:
+            fractions.append(self.state.step / horizon)
+        if self.max_time and not self.cfg.lr_decay_iters:
+            fractions.append(self.state.elapsed_s / self.max_time)
+        return max(fractions)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over `eval_iters` batches per split. The batches come from their own generator
+        with a fixed seed: every eval sees the same windows (comparable numbers), and evaluating
+        never disturbs the training batch sequence (exact resume)."""
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            g = torch.Generator().manual_seed(self.cfg.seed + 1)
+            losses = []
+            for _ in range(self.cfg.eval_iters):
+                x, y = self.data.get_batch(split, self.cfg.batch_size, self.run.model.block_size, g)
+                with autocast(self.device, self.amp_dtype):
+                    losses.append(float(self.forward_model(x.to(self.device), y.to(self.device))["loss"]))
+            out[f"{split}_eval_loss" if split == "train" else "val_loss"] = sum(losses) / len(losses)
+        self.model.train()
+        return out
+
+    def train_step(self, lr: float, diagnose: bool) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(self.cfg.grad_accum):
+            x, y = self.data.get_batch("train", self.cfg.batch_size, self.run.model.block_size, self.generator)
+            with autocast(self.device, self.amp_dtype):
+                loss = self.forward_model(x.to(self.device), y.to(self.device))["loss"] / self.cfg.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        row: dict[str, float] = {}
+        if not math.isfinite(total):
+            return {"train_loss": total}
+        if diagnose:
+            row.update(diagnostics.grad_norms(self.model))
+            before = diagnostics.snapshot_weights(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if diagnose:
+            row.update(diagnostics.update_ratios(self.model, before))
+        return {"train_loss": total, "grad_norm": float(norm), **row}
+
+    def checkpoint_state(self) -> dict:
+        self.state.history = list(self.spikes.recent)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "loop": vars(self.state).copy(), "rng": capture_rng(self.generator),
+                "config": self.run.to_dict(), "model_config": self.run.to_dict()["model"],
+                "tokenizer": self.tokenizer.to_dict()}
+
+    def save(self, name: str = CHECKPOINT) -> None:
+        save_checkpoint(self.run_dir / name, self.checkpoint_state())
+
+    def write_sample(self) -> str:
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        start = self.tokenizer.encode("\n")[:1] if self.tokenizer.kind == "char" else [0]
+        ids = list(sample_tokens(self.model, start or [0], self.cfg.sample_tokens, temperature=0.8, top_k=200,
+                                 generator=g, device=self.device))
+        text = self.tokenizer.decode(ids)
+        with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"=== step {self.state.step} (temperature 0.8, top-k 200) ===\n{text}\n\n")
+        self.model.train()
+        return text
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: finishing this step, saving a checkpoint (press again to abort at once)",
+              file=sys.stderr)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> LoopState:
+        cfg, state = self.cfg, self.state
+        metrics = MetricsLog(self.run_dir, self.run.to_dict(), resume_step=state.step if state.step else None,
+                             tensorboard=cfg.tensorboard, wandb=cfg.wandb)
+        bar = progress(total=cfg.max_iters, initial=state.step, desc="train", unit="step")
+        log_plain = bar.disable  # not a terminal: print a line per log step instead of a bar
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self.model.train()
+        t_start = time.perf_counter() - state.elapsed_s
+        try:
+            while True:
+                # -------- stop conditions, checked at step boundaries
+                if cfg.max_iters is not None and state.step >= cfg.max_iters:
+                    state.stop_reason = "max_iters"
+                elif self.max_time is not None and state.elapsed_s >= self.max_time:
+                    state.stop_reason = "max_time"
+                elif self.stop_requested:
+                    state.stop_reason = "interrupted"
+                if state.stop_reason:
+                    break
+                # -------- one optimizer step
+                lr = lr_at(self.progress_fraction(), state.step, cfg.lr, cfg.min_lr, cfg.warmup_iters)
+                diagnose = cfg.diag_every > 0 and state.step % cfg.diag_every == 0
+                t0 = time.perf_counter()
+                row = self.train_step(lr, diagnose)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                if not math.isfinite(row["train_loss"]):
+                    state.stop_reason = "nan"
+                    raise LLMLabError(
+                        f"loss became {row['train_loss']} at step {state.step}: training stopped. The last good "
+                        f"checkpoint is kept in {self.run_dir / CHECKPOINT}. Try a lower --lr, --grad-clip 1.0, "
+                        "or --dtype float32")
+                state.step += 1
+                state.elapsed_s = time.perf_counter() - t_start
+                tokens_per_s = self.tokens_per_step / dt
+                mfu = self.flops_per_token * tokens_per_s / self.peak
+                spike = self.spikes(row["train_loss"])
+                row.update(step=state.step, time_s=round(state.elapsed_s, 3), lr=lr,
+                           tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 5))
+                if spike:
+                    row["spike"] = True
+                    print(f"\nwarning: loss spike at step {state.step}: {row['train_loss']:.4f}", file=sys.stderr)
+                # -------- evaluate, log, checkpoint, sample
+                is_last = (cfg.max_iters is not None and state.step >= cfg.max_iters) or \
+                          (self.max_time is not None and state.elapsed_s >= self.max_time) or self.stop_requested
+                if state.step % cfg.eval_every == 0 or is_last:
+                    row.update(self.evaluate())
+                    state.last_val = row["val_loss"]
+                    if row["val_loss"] < state.best_val:
+                        state.best_val, state.evals_since_best = row["val_loss"], 0
+                        save_checkpoint(self.run_dir / BEST, {"model": self.model.state_dict(),
+                                        "config": self.run.to_dict(), "model_config": self.run.to_dict()["model"],
+                                        "tokenizer": self.tokenizer.to_dict(), "loop": {"step": state.step}})
+                    else:
+                        state.evals_since_best += 1
+                    t_eval = time.perf_counter()
+                    plot_losses({self.run_dir.name: read_metrics(self.run_dir) + [row]},
+                                self.run_dir / LOSS_PLOT, title=f"{self.run_dir.name}")
+                    t_start += time.perf_counter() - t_eval  # plotting is not training time
+                    print(f"\nstep {state.step}: train {row['train_eval_loss']:.4f}  val {row['val_loss']:.4f}"
+                          f"  (best {state.best_val:.4f})  {tokens_per_s:,.0f} tok/s  {state.elapsed_s:.0f}s",
+                          file=sys.stderr)
+                    if cfg.early_stop_patience and state.evals_since_best >= cfg.early_stop_patience:
+                        state.stop_reason = "plateau"
+                if state.step % cfg.log_every == 0 or "val_loss" in row or spike:
+                    metrics.log(row)
+                    if log_plain and "val_loss" not in row:
+                        print(f"step {state.step}  loss {row['train_loss']:.4f}  lr {lr:.2e}  "
+                              f"{tokens_per_s:,.0f} tok/s  mfu {100 * mfu:.1f}%  {self._eta()}", file=sys.stderr)
+                if state.step % cfg.ckpt_every == 0 or is_last or state.stop_reason:
+                    self.save()
+                if cfg.sample_every and state.step % cfg.sample_every == 0:
+                    self.write_sample()
+                bar.update(1)
+                bar.set_postfix_str(f"loss {row['train_loss']:.3f} {tokens_per_s:,.0f} tok/s "
+                                    f"mfu {100 * mfu:.1f}% {self._eta()}", refresh=False)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+            metrics.close()
+        self.save()
+        self.write_sample()
+        return state
+
+    def _eta(self) -> str:
+        s, rates = self.state, []
+        per_step = s.elapsed_s / max(s.step, 1)
+        if self.cfg.max_iters:
+            rates.append((self.cfg.max_iters - s.step) * per_step)
+        if self.max_time:
+            rates.append(self.max_time - s.elapsed_s)
+        eta = max(min(rates), 0.0)
+        return f"ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+
+
+def write_run_config(run_dir: Path, run: RunConfig, extra: dict) -> None:
+    atomic_write_json(run_dir / "config.json", {"format": "llmlab-run", "version": 1, **run.to_dict(), **extra})
