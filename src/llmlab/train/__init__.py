@@ -1,0 +1,12 @@
+"""Training: configs and presets, the loop, checkpoints, metrics, diagnostics, run comparison.
+
+    config.py       DataConfig, TrainConfig, RunConfig and the named presets
+    run.py          start / resume a run directory
+    trainer.py      the training loop
+    optim.py        AdamW parameter groups and the warmup + cosine schedule
+    checkpoint.py   atomic checkpoints with every RNG state
+    metrics.py      metrics.jsonl, loss.png, TensorBoard / W&B
+    diagnostics.py  grad norms, update/weight ratios, loss spikes
+    sampling.py     cache-free sampling for small trained models
+    compare.py      `llmlab runs compare`
+"""
