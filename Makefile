@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml requirements-assets.txt
 
 install: $(STAMP)
 
+# The main job: train the default preset on the built-in corpus (a second `make demo` resumes the
+# finished run, which returns at once), then print where the curve is and sample from the model.
 demo: $(STAMP)
-	$(VENV)/bin/llmlab train --preset shakespeare-char --data shakespeare --out runs/demo --max-time 5m
+	if [ -f runs/demo/ckpt.pt ]; then $(VENV)/bin/llmlab train --resume runs/demo; \
+	else $(VENV)/bin/llmlab train --preset shakespeare-char --data shakespeare --out runs/demo; fi
+	@echo "loss curve: runs/demo/loss.png    metrics: runs/demo/metrics.jsonl"
 	$(VENV)/bin/llmlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 200
 
 test: $(STAMP)
