@@ -92,7 +92,7 @@ PRESETS: dict[str, RunConfig] = {
     # The default. Sized to reach val loss <= 1.55 on tinyshakespeare in ~15 min on 2 CPU cores:
     # see docs/01-gpt-from-scratch.md for what each choice bought.
     "shakespeare-char": _preset("shakespeare-char", batch_size=32, lr=2e-3, min_lr=1e-4, warmup_iters=100,
-                                max_iters=6000, eval_every=250, eval_iters=40, ckpt_every=500),
+                                max_iters=2000, eval_every=250, eval_iters=40, ckpt_every=500),
     # nanoGPT's documented CPU configuration (README "I only have a macbook"), for side-by-side runs.
     "nanogpt-cpu": _preset("nanogpt-cpu", batch_size=12, lr=1e-3, min_lr=1e-4, warmup_iters=100,
                            beta2=0.99, weight_decay=0.1, max_iters=2000, eval_every=250, eval_iters=20),
