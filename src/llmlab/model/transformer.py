@@ -184,10 +184,10 @@ class Transformer(nn.Module):
         if config.position == "learned":
             self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
         else:
-            cos, sin = rope_frequencies(config.head_dim, config.block_size, config.rope_theta)
             # Not saved in checkpoints: they are a pure function of the config.
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+            self.init_rope()
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.final_norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -199,6 +199,29 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("attn.wo.weight") or name.endswith("mlp.w_down.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def init_rope(self) -> None:
+        """(Re)compute the RoPE tables, e.g. after building the model on the meta device."""
+        c = self.config
+        if self.tok_emb.weight.device.type == "meta":
+            return  # built on the meta device: from_state_dict calls this again with real tensors
+        cos, sin = rope_frequencies(c.head_dim, c.block_size, c.rope_theta)
+        self.rope_cos, self.rope_sin = cos.to(self.tok_emb.weight.device), sin.to(self.tok_emb.weight.device)
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> "Transformer":
+        """Build on the meta device (no time spent on random init), then adopt the given tensors."""
+        with torch.device("meta"):
+            model = cls(config)
+        missing, unexpected = model.load_state_dict(state, assign=True, strict=False)
+        missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_embeddings)]
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        if config.tie_embeddings:
+            model.lm_head.weight = model.tok_emb.weight
+        if config.position == "rope":
+            model.init_rope()
+        return model
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

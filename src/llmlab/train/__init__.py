@@ -7,6 +7,5 @@
     checkpoint.py   atomic checkpoints with every RNG state
     metrics.py      metrics.jsonl, loss.png, TensorBoard / W&B
     diagnostics.py  grad norms, update/weight ratios, loss spikes
-    sampling.py     cache-free sampling for small trained models
     compare.py      `llmlab runs compare`
 """

@@ -32,7 +32,6 @@ from llmlab.train.checkpoint import BEST, CHECKPOINT, capture_rng, restore_rng, 
 from llmlab.train.config import RunConfig, parse_duration
 from llmlab.train.metrics import LOSS_PLOT, MetricsLog, plot_losses, read_metrics
 from llmlab.train.optim import lr_at, make_optimizer
-from llmlab.train.sampling import sample_tokens
 
 
 class BatchSource(Protocol):
@@ -171,10 +170,12 @@ class Trainer:
         save_checkpoint(self.run_dir / name, self.checkpoint_state())
 
     def write_sample(self) -> str:
-        g = torch.Generator().manual_seed(self.cfg.seed)
+        from llmlab.infer.generate import decode_steps  # the same KV-cached loop `llmlab sample` uses
+        from llmlab.infer.sampling import SamplingConfig
+
         start = self.tokenizer.encode("\n")[:1] if self.tokenizer.kind == "char" else [0]
-        ids = list(sample_tokens(self.model, start or [0], self.cfg.sample_tokens, temperature=0.8, top_k=200,
-                                 generator=g, device=self.device))
+        config = SamplingConfig(max_new_tokens=self.cfg.sample_tokens, temperature=0.8, top_k=200, seed=self.cfg.seed)
+        ids = [int(step.ids[0]) for step in decode_steps(self.model, [start or [0]], config, overflow="shift")]
         text = self.tokenizer.decode(ids)
         with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"=== step {self.state.step} (temperature 0.8, top-k 200) ===\n{text}\n\n")

@@ -1,0 +1,64 @@
+"""`llmlab chat`: an interactive chat with a model's own chat template, streamed.
+
+Commands inside the chat: /reset clears the history, /system TEXT sets the system prompt,
+/quit (or Ctrl-D) leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from llmlab.cli.generate import add_model_arguments
+
+    parser.add_argument("--system", help="system prompt")
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmlab.cli.generate import sampling_from
+    from llmlab.infer import Engine
+
+    print(f"loading {args.model} ...", file=sys.stderr)
+    engine = Engine.load(args.model, args.device, args.dtype)
+    config = sampling_from(args)
+    system = args.system
+    history: list[dict] = []
+    print(f"chatting with {engine.name} (context {engine.max_context} tokens). /reset, /system TEXT, /quit",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("\n> ")
+        except EOFError:
+            print()
+            return 0
+        if not line.strip():
+            continue
+        if line.strip() in ("/quit", "/exit"):
+            return 0
+        if line.strip() == "/reset":
+            history = []
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+            history = []
+            print(f"(system prompt {'set' if system else 'cleared'}; history cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        result: dict = {}
+        try:
+            for delta in engine.stream(messages, config, raw=False, overflow="truncate", result=result):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            print("\n(interrupted)", file=sys.stderr)
+            history.pop()
+            continue
+        completion = result["completion"]
+        history.append({"role": "assistant", "content": completion.text})
+        t = completion.timings
+        print(f"\n[{len(completion.token_ids)} tokens, {t['decode_tok_s']:.1f} tok/s]", file=sys.stderr)

@@ -1,0 +1,64 @@
+"""`llmlab generate`: one completion for a prompt, as streamed text or one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from llmlab.core.config import add_config_flags
+    from llmlab.infer.sampling import SamplingConfig
+
+    parser.add_argument("--model", default="smollm2", help="smollm2, a .gguf file, or an llmlab run directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 weights")
+    add_config_flags(parser, SamplingConfig, "sampling (SamplingConfig)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", help="the prompt text")
+    parser.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
+    parser.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, finish_reason, usage, timings")
+    parser.add_argument("--overflow", default="error", choices=["error", "truncate"],
+                        help="prompt + max tokens beyond the context: error, or drop the oldest prompt tokens")
+    add_model_arguments(parser)
+
+
+def sampling_from(args: argparse.Namespace):
+    from llmlab.core.config import apply_flags
+    from llmlab.infer.sampling import SamplingConfig
+
+    return apply_flags(SamplingConfig(), args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmlab.core.errors import LLMLabError
+    from llmlab.infer import Engine
+
+    if args.prompt_file:
+        if not args.prompt_file.is_file():
+            raise LLMLabError(f"--prompt-file {args.prompt_file}: no such file")
+        prompt = args.prompt_file.read_text(encoding="utf-8")
+    elif args.prompt is not None:
+        prompt = args.prompt
+    else:
+        raise LLMLabError("give --prompt TEXT or --prompt-file PATH")
+    engine = Engine.load(args.model, args.device, args.dtype)
+    config = sampling_from(args)
+    result: dict = {}
+    for delta in engine.stream(prompt, config, raw=args.raw, overflow=args.overflow, result=result):
+        if not args.json:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    completion = result["completion"]
+    if args.json:
+        print(json.dumps(completion.as_dict(), ensure_ascii=False))
+    else:
+        t = completion.timings
+        print(f"\n[{len(completion.token_ids)} tokens, {completion.finish_reason}; prefill {t['prefill_tok_s']:.0f} tok/s, "
+              f"decode {t['decode_tok_s']:.1f} tok/s]", file=sys.stderr)
+    return 0

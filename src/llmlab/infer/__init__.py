@@ -1,0 +1,12 @@
+"""Inference: a KV cache, the decode loop, sampling, and the `Engine` facade.
+
+    kv_cache.py   preallocated keys/values per layer, slot-addressed
+    sampling.py   SamplingConfig; penalties, temperature, top-k/top-p/min-p
+    generate.py   prefill + decode steps for a padded batch; UTF-8-safe streaming with stop strings
+    engine.py     Engine.load("smollm2" | .gguf | run dir): generate, stream, chat, batches
+"""
+
+from llmlab.infer.engine import Completion, Engine, load_model
+from llmlab.infer.sampling import SamplingConfig
+
+__all__ = ["Engine", "Completion", "SamplingConfig", "load_model"]

@@ -1,0 +1,174 @@
+"""Prefill, then decode one token at a time through the KV cache; batches of prompts of any length.
+
+    prefill   the whole (left-padded) prompt batch in one forward pass: fills the cache, gives the
+              logits for the first new token. Compute-bound: big matrix-matrix products.
+    decode    one token per sequence per step: each step reads every weight once for a handful of
+              FLOPs per byte, so it is memory-bandwidth-bound (docs/03-inference.md).
+
+Batches are left-padded so that every sequence's newest token sits in the same slot; the mask
+hides pad slots and RoPE positions count from each sequence's own first real token, so a sequence
+gets the same logits in a batch as alone (`test_batched_equals_unbatched`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from llmlab.core.errors import LLMLabError
+from llmlab.infer.kv_cache import KVCache
+from llmlab.infer.sampling import SamplingConfig, sample_next
+
+OVERFLOW = ("error", "truncate", "shift")
+
+
+@dataclass
+class Step:
+    """One decode step: the next id of every sequence and its log-probability."""
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+
+
+@dataclass
+class Timings:
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"prefill_tok_s": self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0,
+                "decode_tok_s": self.decode_tokens / self.decode_s if self.decode_s else 0.0,
+                "prefill_s": self.prefill_s, "decode_s": self.decode_s}
+
+
+def attention_mask(pad: torch.Tensor, start: int, T: int) -> torch.Tensor:
+    """(B, 1, T, S) bool: query slot start+t sees key slots <= itself that are not padding.
+    A pad slot may see itself, so no softmax row is empty (an all -inf row would give NaN)."""
+    S = start + T
+    q = torch.arange(start, S, device=pad.device)[:, None]
+    k = torch.arange(S, device=pad.device)[None, :]
+    causal = k <= q                                                     # (T, S)
+    not_pad = k[None] >= pad[:, None, None]                             # (B, 1, S)
+    return ((causal[None] & not_pad) | (k == q)[None])[:, None]
+
+
+def forward_step(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor) -> torch.Tensor:
+    """Run new tokens ids (B, T) through the model; return the logits of the last one (B, V)."""
+    B, T = ids.shape
+    slots = torch.arange(cache.length, cache.length + T, device=ids.device)
+    positions = (slots[None, :] - pad[:, None]).clamp(min=0)            # each sequence counts from 0
+    mask = attention_mask(pad, cache.length, T) if bool(pad.any()) else None
+    logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask)["logits"][:, -1]
+    cache.advance(T)
+    return logits
+
+
+def fit_prompts(prompts: list[list[int]], max_new_tokens: int, context: int, overflow: str) -> list[list[int]]:
+    """Apply the context-overflow policy: error, truncate (drop the oldest prompt tokens), or shift."""
+    if overflow not in OVERFLOW:
+        raise LLMLabError(f"overflow policy {overflow!r}: choose one of {', '.join(OVERFLOW)}")
+    longest = max(len(p) for p in prompts)
+    if any(len(p) == 0 for p in prompts):
+        raise LLMLabError("a prompt encodes to no tokens; give a non-empty prompt")
+    budget = longest + (max_new_tokens if overflow != "shift" else 0)
+    if budget <= context:
+        return prompts
+    if overflow == "error":
+        raise LLMLabError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                          f"context of {context} tokens; shorten the prompt, lower --max-new-tokens, or pass "
+                          "--overflow truncate (drop the oldest prompt tokens)")
+    keep = context - (max_new_tokens if overflow == "truncate" else 0)
+    if keep < 1:
+        raise LLMLabError(f"max_new_tokens ({max_new_tokens}) alone exceeds the context of {context} tokens")
+    return [p[-keep:] for p in prompts]
+
+
+@torch.no_grad()
+def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: SamplingConfig,
+                 overflow: str = "error", timings: Timings | None = None,
+                 cache_dtype: torch.dtype | None = None) -> Iterator[Step]:
+    """Yield the next token of every sequence, step after step, up to config.max_new_tokens.
+    The caller stops early (break) when every sequence has finished."""
+    model.eval()
+    c = model.config
+    device = next(model.parameters()).device
+    prompts = fit_prompts(prompts, config.max_new_tokens, c.block_size, overflow)
+    if overflow == "shift" and len(prompts) > 1:
+        raise LLMLabError("the shift overflow policy works on one sequence at a time")
+    B, L = len(prompts), max(len(p) for p in prompts)
+    pad = torch.tensor([L - len(p) for p in prompts], device=device)
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
+    history = torch.tensor([[-1] * (L - len(p)) + p for p in prompts], device=device)
+    cache_len = min(c.block_size, L + config.max_new_tokens)
+    cache = KVCache(c.n_layer, B, c.n_kv_head, cache_len, c.head_dim, cache_dtype or next(model.parameters()).dtype,
+                    device)
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    timings = timings if timings is not None else Timings()
+
+    t0 = time.perf_counter()
+    logits = forward_step(model, ids, cache, pad)                       # prefill
+    timings.prefill_tokens, timings.prefill_s = B * L, time.perf_counter() - t0
+    for _ in range(config.max_new_tokens):
+        next_ids, logprobs = sample_next(logits, config, history, generator)
+        yield Step(next_ids, logprobs)
+        history = torch.cat([history, next_ids[:, None]], dim=1)
+        t0 = time.perf_counter()
+        if cache.length == cache.max_len:
+            # "shift": the context is full. Keep the newest half and prefill it again (positions
+            # restart at 0), trading one re-prefill for unbounded generation in a small model.
+            keep = history[0, -(c.block_size // 2):].tolist()
+            cache.reset()
+            pad = torch.zeros(1, dtype=torch.long, device=device)
+            logits = forward_step(model, torch.tensor([keep], device=device), cache, pad)
+        else:
+            logits = forward_step(model, next_ids[:, None], cache, pad)  # decode
+        timings.decode_tokens += B
+        timings.decode_s += time.perf_counter() - t0
+
+
+@dataclass
+class StreamState:
+    """Turns token bytes into text deltas that never split a UTF-8 character and never show a
+    stop string (text that could still become one is held back until it cannot)."""
+
+    stop: list[str] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    _pending: bytes = b""
+
+    def feed(self, piece: bytes) -> tuple[str, bool]:
+        """Add a token's bytes; return (text safe to show now, whether a stop string was hit)."""
+        data = self._pending + piece
+        # Keep an incomplete multi-byte character at the end for the next token.
+        cut = len(data)
+        for back in range(1, min(4, len(data)) + 1):
+            byte = data[-back]
+            if byte & 0xC0 == 0x80:
+                continue  # continuation byte: look further back for the lead byte
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+            if need > back:
+                cut = len(data) - back
+            break
+        self._pending = data[cut:]
+        self.text += data[:cut].decode("utf-8", errors="replace")
+        for s in self.stop:
+            at = self.text.find(s)
+            if at != -1:
+                self.text = self.text[:at]
+                return self._take(len(self.text)), True
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        return self._take(max(self.emitted, len(self.text) - hold)), False
+
+    def finish(self) -> str:
+        self.text += self._pending.decode("utf-8", errors="replace")
+        self._pending = b""
+        return self._take(len(self.text))
+
+    def _take(self, upto: int) -> str:
+        out, self.emitted = self.text[self.emitted:upto], max(self.emitted, upto)
+        return out

@@ -1,0 +1,73 @@
+"""Checkpoint files: written atomically, loaded onto the CPU with errors a person can act on.
+
+A training run's `ckpt.pt` holds everything needed to continue the run exactly (see
+`llmlab.train.trainer`); `best.pt` and exported models hold at least "model" (state dict),
+"model_config" (ModelConfig fields) and "tokenizer" (tokenizer dict). `load_run_model` rebuilds the
+model + tokenizer pair from either.
+
+Written to a temporary file and renamed over the old one, so a crash mid-write leaves the previous
+checkpoint intact. Loaded onto the CPU first (so resuming never needs twice the GPU memory).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmlab.core.errors import LLMLabError
+from llmlab.core.io import atomic_save
+
+CHECKPOINT = "ckpt.pt"
+BEST = "best.pt"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_save(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f))
+
+
+def checkpoint_path(run_or_file: str | Path, name: str = CHECKPOINT) -> Path:
+    path = Path(run_or_file)
+    return path / name if path.is_dir() else path
+
+
+def load_checkpoint(run_or_file: str | Path, name: str = CHECKPOINT) -> dict[str, Any]:
+    """Load `<run>/ckpt.pt` (or a checkpoint file) onto the CPU, with errors a person can act on."""
+    path = checkpoint_path(run_or_file, name)
+    if not path.is_file():
+        if Path(run_or_file).is_dir():
+            raise LLMLabError(f"{path} does not exist: {run_or_file} holds no checkpoint yet "
+                              "(a run writes one every --ckpt-every steps, at the end and on Ctrl-C)")
+        raise LLMLabError(f"{path} does not exist: pass a run directory or a checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
+        raise LLMLabError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                          "it may be truncated or from another program") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        version = state.get("format_version") if isinstance(state, dict) else None
+        raise LLMLabError(f"{path} has checkpoint format {version!r}, this llmlab reads {FORMAT_VERSION}")
+    return state
+
+
+def load_run_model(run_or_file: str | Path, prefer_best: bool = True):
+    """(Transformer, Tokenizer, state) from a run directory (best.pt, else ckpt.pt) or a checkpoint file."""
+    from llmlab.core.config import config_from_dict
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    from llmlab.tokenizer import tokenizer_from_dict
+
+    path = Path(run_or_file)
+    name = BEST if prefer_best and path.is_dir() and (path / BEST).is_file() else CHECKPOINT
+    state = load_checkpoint(path, name)
+    try:
+        model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
+        model.load_state_dict(state["model"])
+        tokenizer = tokenizer_from_dict(state["tokenizer"])
+    except KeyError as e:
+        raise LLMLabError(f"{checkpoint_path(path, name)} lacks {e}: it was not written by `llmlab train`") from None
+    return model, tokenizer, state
