@@ -43,7 +43,8 @@ class Completion:
 
 
 def load_model(spec: str | Path) -> tuple[Transformer, Tokenizer, str]:
-    """(model, tokenizer, description) from "smollm2", a .gguf file, or an llmlab run/checkpoint."""
+    """(model, tokenizer, description) from "smollm2", a .gguf file, a Hugging Face directory
+    (config.json + *.safetensors + tokenizer.json), or an llmlab run directory / checkpoint."""
     spec = str(spec)
     if spec == "smollm2" or spec.endswith(".gguf"):
         from llmlab.core.assets import smollm2_gguf
@@ -56,13 +57,19 @@ def load_model(spec: str | Path) -> tuple[Transformer, Tokenizer, str]:
         return Transformer.from_state_dict(config, state), read_gguf_tokenizer(path, reader), path.name
     path = Path(spec)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "ckpt.pt").exists() \
-            and (path / "tokenizer.json").exists():
-        raise LLMLabError(f"{path} looks like a Hugging Face model directory: loading those is not supported yet")
+            and any(path.glob("*.safetensors")):
+        from llmlab.model.hf import load_hf_model
+
+        model, tokenizer = load_hf_model(path)
+        if tokenizer is None:
+            raise LLMLabError(f"{path} has weights but no tokenizer (tokenizer.json); add one to generate text")
+        return model, tokenizer, path.name
     if path.exists():
         from llmlab.model.checkpoint import load_run_model
         model, tokenizer, _ = load_run_model(path)
         return model, tokenizer, path.name
-    raise LLMLabError(f"cannot load model {spec!r}: give smollm2, a .gguf file, or an llmlab run directory")
+    raise LLMLabError(f"cannot load model {spec!r}: give smollm2, a .gguf file, a Hugging Face model directory, "
+                      "or an llmlab run directory")
 
 
 class Engine:
