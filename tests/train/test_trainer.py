@@ -129,3 +129,21 @@ def test_config_json_is_the_resolved_config(tmp_path, tiny_data):
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["model"]["vocab_size"] > 60 and saved["train"]["max_iters"] == 2
     assert RunConfig.from_dict(saved).model.n_layer == 2
+
+
+def test_plateau_stops_early_and_spikes_are_flagged(tmp_path, tiny_data):
+    from llmlab.train.diagnostics import SpikeDetector
+
+    # lr = 0: the weights never change, so val loss never improves after the first evaluation.
+    state = start(tiny_run(tiny_data, max_iters=100, eval_every=2, lr=0.0, min_lr=0.0, early_stop_patience=2),
+                  tmp_path / "r")
+    assert state.stop_reason == "plateau" and state.step == 6
+    detector = SpikeDetector(factor=3.0)
+    assert not any(detector(2.0 + 0.01 * (i % 3)) for i in range(30))
+    assert detector(5.0)
+
+
+def test_tensorboard_events_are_written(tmp_path, tiny_data):
+    pytest.importorskip("tensorboard")
+    start(tiny_run(tiny_data, max_iters=4, eval_every=2, tensorboard=True), tmp_path / "r")
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
