@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +151,6 @@ class Engine:
         stop_ids, timings = self._stop_ids(config), Timings()
         outputs: list[list[int]] = [[] for _ in encoded]
         finished = [""] * len(encoded)
-        t0 = time.perf_counter()
         for step in decode_steps(self.model, encoded, config, "error", timings):
             for b, token in enumerate(step.ids.tolist()):
                 if finished[b]:
@@ -163,6 +161,5 @@ class Engine:
                     outputs[b].append(token)
             if all(finished):
                 break
-        del t0
         return [Completion(self.tokenizer.decode(out), out, finished[b] or "length", len(encoded[b]),
                            timings=timings.as_dict()) for b, out in enumerate(outputs)]

@@ -63,7 +63,7 @@ def forward_step(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad:
     slots = torch.arange(cache.length, cache.length + T, device=ids.device)
     positions = (slots[None, :] - pad[:, None]).clamp(min=0)            # each sequence counts from 0
     mask = attention_mask(pad, cache.length, T) if bool(pad.any()) else None
-    logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask)["logits"][:, -1]
+    logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask, last_only=True)["logits"][:, -1]
     cache.advance(T)
     return logits
 
