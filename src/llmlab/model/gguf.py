@@ -10,9 +10,9 @@ the dequantization of weights is ours, one small NumPy function per block format
                           are elements 0-15, high nibbles 16-31)
     Q4_1    32     20     f16 d, f16 min m, 16 bytes of 4-bit q     d * q + m
 
-llama.cpp's converter also permutes the rows of the query and key projections so that RoPE rotates
-*adjacent* pairs (x0, x1); our model (like HF Llama) rotates *halves* (x_i, x_{i+D/2}).
-`unpermute_qk` undoes that permutation.
+llama.cpp's converter also permutes the rows of the query and key projections of "llama"
+architecture files so that RoPE rotates *adjacent* pairs (x0, x1); our model (like HF Llama)
+rotates *halves* (x_i, x_{i+D/2}). `unpermute_qk` undoes that permutation.
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ def load_gguf_state(path: str | Path, reader=None) -> tuple[ModelConfig, dict[st
     path = Path(path)
     reader = reader or open_gguf(path)
     config = gguf_model_config(reader, path)
+    # llama.cpp permutes q/k rows only for the "llama" architecture; qwen2 files keep HF's order.
+    permuted = reader.fields["general.architecture"].contents() == "llama"
     state: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
         name = _our_name(tensor.name)
@@ -147,9 +149,9 @@ def load_gguf_state(path: str | Path, reader=None) -> tuple[ModelConfig, dict[st
             weight = dequantize(tensor.data, tensor.tensor_type.name, shape)
         except ValueError as e:
             raise LLMLabError(f"{path}: tensor {tensor.name} is damaged ({e})") from None
-        if name.endswith("attn.wq.weight") or name.endswith("attn.wq.bias"):
+        if permuted and (name.endswith("attn.wq.weight") or name.endswith("attn.wq.bias")):
             weight = unpermute_qk(weight.reshape(shape[0], -1), config.n_head).reshape(shape)
-        elif name.endswith("attn.wk.weight") or name.endswith("attn.wk.bias"):
+        elif permuted and (name.endswith("attn.wk.weight") or name.endswith("attn.wk.bias")):
             weight = unpermute_qk(weight.reshape(shape[0], -1), config.n_kv_head).reshape(shape)
         state[name] = torch.from_numpy(np.array(weight, dtype=np.float32, copy=True))
     if config.tie_embeddings:

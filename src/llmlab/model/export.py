@@ -1,0 +1,220 @@
+"""Export our models: to a Hugging Face directory (see `llmlab.model.hf`) or to a GGUF file.
+
+GGUF (llama.cpp's format) is written with the `gguf` library's `GGUFWriter`; what we decide is
+what goes in it:
+
+    metadata   llama.* hyperparameters (the keys llama.cpp's loader reads), and the tokenizer as
+               tokenizer.ggml.* (byte-level BPE: token strings, types, merges, special ids, template)
+    tensors    names from `llmlab.model.gguf.TENSOR_NAMES` (the same table the reader uses), q/k rows
+               permuted to llama.cpp's interleaved RoPE pairing (llama arch only), matrices in F32, F16 or Q8_0;
+               1-D tensors (norms, biases) always F32, as llama.cpp's converter keeps them
+
+Q8_0 (our quantizer, `quantize_q8_0`): blocks of 32 values share one float16 scale
+d = max|x| / 127 and store round(x / d) as int8: 34 bytes per 32 weights (8.5 bits per weight).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmlab.core.errors import LLMLabError
+from llmlab.model.config import ModelConfig
+
+GGUF_TYPES = ("f32", "f16", "q8_0")
+Q8_BLOCK = 32
+
+
+def quantize_q8_0(weight: np.ndarray) -> np.ndarray:
+    """float32 (rows, cols) -> uint8 (rows, cols/32*34): per block [f16 scale d][32 x int8 q]."""
+    rows, cols = weight.shape
+    blocks = weight.astype(np.float32).reshape(-1, Q8_BLOCK)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
+    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    # llama.cpp rounds half away from zero (roundf); np.round would round half to even.
+    q = np.trunc(blocks * inverse + np.copysign(0.5, blocks)).clip(-127, 127).astype(np.int8)
+    packed = np.concatenate([scale.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
+    return packed.reshape(rows, cols // Q8_BLOCK * 34)
+
+
+def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Our rotate-halves q/k rows -> llama.cpp's interleaved-pairs order (inverse of `unpermute_qk`).
+    Each head's rows are (2 halves, D/2); llama.cpp wants them as (D/2 pairs, 2)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _gguf_arch(config: ModelConfig) -> str:
+    if config.position != "rope" or config.norm != "rmsnorm" or config.mlp != "swiglu":
+        raise LLMLabError("GGUF export supports Llama-style models (rope + rmsnorm + swiglu); this one is "
+                          f"{config.position}/{config.norm}/{config.mlp}: export it with --to hf instead")
+    if config.bias:
+        raise LLMLabError("GGUF export does not support biases on every linear layer (llama.cpp's llama "
+                          "architecture has none); export with --to hf instead")
+    return "qwen2" if config.qkv_bias else "llama"
+
+
+def _tokenizer_pre(tokenizer) -> str:
+    """llama.cpp's name for the pre-tokenizer (`tokenizer.ggml.pre`), from our pattern."""
+    from llmlab.tokenizer.patterns import PATTERNS
+
+    if tokenizer.pattern == PATTERNS["gpt2"]:
+        return "smollm" if tokenizer.split_digits else "gpt2"
+    # cl100k ("gpt4") and Llama 3 split text identically (the gpt4 form only adds possessive
+    # quantifiers that cannot change a match here), and llama.cpp knows the latter as llama-bpe.
+    if tokenizer.pattern in (PATTERNS["gpt4"], PATTERNS["llama3"]) and not tokenizer.split_digits:
+        return "llama-bpe"
+    raise LLMLabError("this tokenizer's pre-tokenization pattern has no llama.cpp name (gpt2, gpt4 and llama3 "
+                      "patterns do); export with --to hf, or pass --no-tokenizer")
+
+
+def _add_tokenizer(writer, tokenizer) -> None:
+    from llmlab.tokenizer.formats import hf_tokenizer_json
+
+    if getattr(tokenizer, "kind", None) != "bpe":
+        raise LLMLabError(f"a {getattr(tokenizer, 'kind', type(tokenizer).__name__)} tokenizer cannot be stored in "
+                          "GGUF (only byte-level BPE); pass --no-tokenizer to export the weights alone")
+    hf = hf_tokenizer_json(tokenizer)
+    vocab = hf["model"]["vocab"]
+    tokens = [""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    special_ids = set(tokenizer.special_tokens.values())
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_tokenizer_pre(tokenizer))
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i in special_ids else 1 for i in range(len(tokens))])  # 3 = control
+    writer.add_token_merges([f"{a} {b}" for a, b in hf["model"]["merges"]])
+    for setter, value in ((writer.add_bos_token_id, tokenizer.bos_id), (writer.add_eos_token_id, tokenizer.eos_id),
+                          (writer.add_pad_token_id, tokenizer.pad_id)):
+        if value is not None:
+            setter(int(value))
+    # Our encode() never adds BOS or a leading space; say so, or llama.cpp applies its own defaults.
+    writer.add_add_bos_token(False)
+    writer.add_add_space_prefix(False)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def save_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, path: str | Path,
+              dtype: str = "f16", name: str = "llmlab") -> Path:
+    """Write a llama.cpp-loadable GGUF file. dtype: f32 | f16 | q8_0 (for 2-D weights)."""
+    import gguf
+
+    from llmlab.model.gguf import TENSOR_NAMES
+
+    if dtype not in GGUF_TYPES:
+        raise LLMLabError(f"GGUF tensor type {dtype!r} is not supported for export (choose {', '.join(GGUF_TYPES)})")
+    arch = _gguf_arch(config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_name(name)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_feed_forward_length(config.mlp_hidden)
+    writer.add_head_count(config.n_head)
+    writer.add_head_count_kv(config.n_kv_head)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    if tokenizer is not None:
+        _add_tokenizer(writer, tokenizer)
+
+    reverse = {ours: theirs for theirs, ours in TENSOR_NAMES.items()}
+    for our_name, tensor in state.items():
+        if our_name == "lm_head.weight" and config.tie_embeddings:
+            continue  # no output.weight: llama.cpp then reuses token_embd, as the reader does
+        parts = our_name.split(".")
+        key = ".".join(["blocks", "{i}", *parts[2:]]) if parts[0] == "blocks" else our_name
+        gguf_name = reverse.get(key)
+        if gguf_name is None:
+            raise LLMLabError(f"parameter {our_name} has no GGUF tensor name")
+        if parts[0] == "blocks":
+            gguf_name = gguf_name.replace("{i}", parts[1])
+        data = tensor.detach().float().cpu().numpy()
+        # Only llama.cpp's "llama" architecture uses interleaved RoPE pairs ("NORM" rope); qwen2 uses
+        # the rotate-halves ("NEOX") pairing like ours, so its q/k rows are stored unpermuted.
+        if arch != "llama":
+            pass
+        elif our_name.endswith(("attn.wq.weight", "attn.wq.bias")):
+            data = permute_qk(data.reshape(data.shape[0], -1), config.n_head).reshape(data.shape)
+        elif our_name.endswith(("attn.wk.weight", "attn.wk.bias")):
+            data = permute_qk(data.reshape(data.shape[0], -1), config.n_kv_head).reshape(data.shape)
+        data = np.ascontiguousarray(data)
+        if data.ndim == 1 or dtype == "f32":
+            writer.add_tensor(gguf_name, data.astype(np.float32))
+        elif dtype == "f16":
+            writer.add_tensor(gguf_name, data.astype(np.float16))
+        elif data.shape[1] % Q8_BLOCK == 0:
+            writer.add_tensor(gguf_name, quantize_q8_0(data), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:  # a row that is not a whole number of blocks cannot be Q8_0
+            writer.add_tensor(gguf_name, data.astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)  # atomic: a crash leaves no half-written model under the final name
+    return path
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_for_export(source: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Any]:
+    """(state dict, config, tokenizer or None) from an llmlab run directory / checkpoint file,
+    a Hugging Face directory, a .gguf file, or "smollm2"."""
+    source_path = Path(str(source))
+    if source_path.is_dir() and (source_path / "config.json").is_file() and \
+            ((source_path / "model.safetensors").is_file() or (source_path / "model.safetensors.index.json").is_file()):
+        from llmlab.model.hf import LLAMA_FAMILY, _rope_params, load_hf_model, read_hf_config
+        cfg = read_hf_config(source_path)
+        if cfg.get("model_type") in LLAMA_FAMILY and _rope_params(cfg)[1] is not None:
+            raise LLMLabError(f"{source_path} uses RoPE scaling, which our exports cannot record yet")
+        model, tokenizer = load_hf_model(source_path)
+        return model.state_dict(), model.config, tokenizer
+    if str(source) == "smollm2" or source_path.suffix == ".gguf":
+        from llmlab.core.assets import smollm2_gguf
+        from llmlab.model.gguf import load_gguf_state, open_gguf
+        from llmlab.tokenizer.formats import read_gguf_tokenizer
+
+        path = smollm2_gguf() if str(source) == "smollm2" else source_path
+        reader = open_gguf(path)
+        config, state = load_gguf_state(path, reader)
+        return state, config, read_gguf_tokenizer(path, reader)
+    from llmlab.model.checkpoint import load_run_model
+    model, tokenizer, _ = load_run_model(source_path)
+    return model.state_dict(), model.config, tokenizer
+
+
+def export_model(source: str | Path, to: str, out: str | Path, dtype: str = "f16",
+                 with_tokenizer: bool = True) -> dict[str, Any]:
+    """Export `source` to `out` (to: "hf" directory or "gguf" file). Returns a summary dict."""
+    state, config, tokenizer = load_for_export(source)
+    if not with_tokenizer:
+        tokenizer = None
+    notes = []
+    if to == "hf":
+        from llmlab.model.hf import save_hf_dir
+        files = save_hf_dir(state, config, tokenizer, out)
+        if tokenizer is not None and getattr(tokenizer, "kind", None) != "bpe":
+            notes.append(f"the {tokenizer.kind} tokenizer has no Hugging Face format: no tokenizer files written")
+    elif to == "gguf":
+        files = [save_gguf(state, config, tokenizer, out, dtype=dtype, name=Path(str(source)).name)]
+    else:
+        raise LLMLabError(f"unknown export format {to!r}: choose hf or gguf")
+    n_params = sum(t.numel() for n, t in state.items() if not (n == "lm_head.weight" and config.tie_embeddings))
+    return {"source": str(source), "to": to, "out": str(out), "files": [str(f) for f in files],
+            "parameters": n_params, "dtype": dtype if to == "gguf" else "float32",
+            "bytes": sum(Path(f).stat().st_size for f in files), "notes": notes}
