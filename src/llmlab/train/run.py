@@ -11,7 +11,6 @@ A run directory holds:
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +101,11 @@ def _facts(model: Transformer, data: TokenDataset) -> dict:
             "val_tokens": data.num_tokens("val"), "data_source": data.meta.get("source", {})}
 
 
+def _source_name(data: TokenDataset) -> str:
+    source = data.meta.get("source", {})
+    return str(source.get("name") or source.get("file") or data.directory)
+
+
 def _announce(trainer: Trainer, data: TokenDataset, run_dir: Path, resumed_at: int | None = None) -> None:
     import sys
     m, t = trainer.run.model, trainer.cfg
@@ -110,6 +114,6 @@ def _announce(trainer: Trainer, data: TokenDataset, run_dir: Path, resumed_at: i
           f"  model  {trainer.model.num_params() / 1e6:.2f}M params ({m.n_layer} layers, {m.n_head} heads, "
           f"{m.n_embd} wide, {m.position}/{m.norm}/{m.mlp}), context {m.block_size}, vocab {m.vocab_size}\n"
           f"  data   {data.num_tokens('train'):,} train / {data.num_tokens('val'):,} val tokens "
-          f"({json.dumps(data.meta.get('source', {}).get('name') or data.meta.get('source', {}).get('file'))})\n"
+          f"({_source_name(data)})\n"
           f"  train  {trainer.tokens_per_step:,} tokens/step on {trainer.device} ({trainer.amp_dtype}), "
           f"MFU peak: {trainer.peak / 1e12:.2f} TFLOP/s ({trainer.peak_source})", file=sys.stderr)

@@ -1,0 +1,155 @@
+"""Curation pipeline throughput: llmlab's recipe vs the same filters through `datatrove`, one run.
+
+    python benchmarks/pipeline.py            # ~6,000 documents (Shakespeare, Python docs, planted junk)
+    python benchmarks/pipeline.py --quick    # ~1,500
+
+Rows (all one worker process, documents/s = documents read / wall time, one core):
+  - llmlab web-basic: the full default recipe (normalise, C4 lines, langid, Gopher quality and
+    repetition, PII, exact dedup, MinHash near-dedup), JSONL in -> JSONL out;
+  - llmlab filters only: the stages datatrove also has (Gopher quality + repetition, C4, PII),
+    langid and dedup off;
+  - datatrove 0.10.1: JsonlReader -> GopherRepetitionFilter -> GopherQualityFilter ->
+    C4QualityFilter -> PIIFormatter -> JsonlWriter, LocalPipelineExecutor(tasks=1).
+    datatrove's language filter needs a fastText model download (no network here) and its
+    MinHash dedup is four separate pipeline runs, so they are not in its row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from llmlab.core.assets import pydocs_topics
+from llmlab.data.curation.executor import run_pipeline
+from llmlab.data.curation.pipeline import config_from_mapping, recipe_config
+from llmlab.data.shakespeare import shakespeare_text
+
+JUNK = ["Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. " * 8,
+        "\n".join(f"• Cheap item {i}, buy now, free shipping" for i in range(40)),
+        "Click here to subscribe to our newsletter!",
+        "Buy cheap watches now and save the money. " * 30]
+
+
+def build_input(directory: Path, n_docs: int, seed: int = 0) -> int:
+    rng = random.Random(seed)
+    words = shakespeare_text().split()
+    prose = [" ".join(words[i:i + 200]) + "." for i in range(0, len(words) - 200, 200)]
+    prose += [t for t in pydocs_topics().values()]
+    docs = []
+    for i in range(n_docs):
+        r = rng.random()
+        if r < 0.1:
+            text = rng.choice(JUNK)
+        elif r < 0.2 and docs:
+            text = rng.choice(docs)["text"]  # exact copy
+        elif r < 0.25:
+            text = rng.choice(prose) + f" Contact me at user{i}@example.com or 555-123-{i % 10000:04d}."
+        else:
+            text = rng.choice(prose)
+        docs.append({"id": f"doc-{i:06d}", "text": text, "source": "bench"})
+    directory.mkdir(parents=True, exist_ok=True)
+    per_file = (n_docs + 3) // 4
+    for f in range(4):
+        with gzip.open(directory / f"in-{f}.jsonl.gz", "wt", encoding="utf-8") as out:
+            for d in docs[f * per_file:(f + 1) * per_file]:
+                out.write(json.dumps(d) + "\n")
+    return len(docs)
+
+
+def run_llmlab(inp: Path, out: Path, filters_only: bool) -> tuple[float, int]:
+    if filters_only:
+        cfg = config_from_mapping({"input": {"paths": [str(inp)]}, "output": {"dir": str(out)},
+                                   "langid": {"enabled": False}, "exact_dedup": {"enabled": False},
+                                   "minhash": {"enabled": False}, "decontam": {"enabled": False}})
+    else:
+        cfg = recipe_config("web-basic", [str(inp)], str(out))
+    t0 = time.perf_counter()
+    stats = run_pipeline(cfg)
+    return time.perf_counter() - t0, stats["docs_out"]
+
+
+def run_datatrove(inp: Path, out: Path) -> tuple[float, int]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.formatters import PIIFormatter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    executor = LocalPipelineExecutor(
+        pipeline=[JsonlReader(str(inp), glob_pattern="*.jsonl.gz"), GopherRepetitionFilter(), GopherQualityFilter(),
+                  C4QualityFilter(filter_no_terminal_punct=False), PIIFormatter(), JsonlWriter(str(out))],
+        tasks=1, workers=1, logging_dir=str(out / "logs"))
+    t0 = time.perf_counter()
+    executor.run()
+    seconds = time.perf_counter() - t0
+    kept = sum(1 for p in out.glob("*.jsonl.gz") for _ in gzip.open(p, "rt"))
+    return seconds, kept
+
+
+def eval_runs(runs: list[Path], datasets: list[Path], windows: int = 200, seed: int = 0) -> None:
+    """Loss of each trained run on the same val windows of each token dataset (docs/05's table)."""
+    import torch
+
+    from llmlab.data.tokens import TokenDataset
+    from llmlab.infer.engine import load_model
+
+    torch.set_num_threads(2)
+    print("| run \\ val split of | " + " | ".join(d.name for d in datasets) + " |")
+    print("|---|" + "---:|" * len(datasets))
+    models = [(r, load_model(r)[0].eval()) for r in runs]
+    for run, model in models:
+        cells = []
+        for d in datasets:
+            ds = TokenDataset.open(d)
+            g = torch.Generator().manual_seed(seed)
+            x, y = ds.get_batch("val", windows, model.config.block_size, g)
+            with torch.no_grad():
+                loss = sum(float(model(x[i:i + 50], y[i:i + 50])["loss"]) for i in range(0, windows, 50)) / (windows // 50)
+            cells.append(f"{loss:.4f}")
+        print(f"| {run.name} | " + " | ".join(cells) + " |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--write-input", type=Path, help="only write the benchmark input here (for docs/05 training runs)")
+    ap.add_argument("--eval-runs", type=Path, nargs="+", help="with --eval-data: cross-evaluate trained runs")
+    ap.add_argument("--eval-data", type=Path, nargs="+", help="token datasets whose val splits to evaluate on")
+    args = ap.parse_args()
+    n = 1500 if args.quick else 6000
+    if args.eval_runs:
+        eval_runs(args.eval_runs, args.eval_data)
+        return 0
+    if args.write_input:
+        print(f"{build_input(args.write_input, n)} documents -> {args.write_input}")
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="llmlab-pipeline-bench-"))
+    try:
+        n = build_input(tmp / "in", n)
+        rows = []
+        t, kept = run_llmlab(tmp / "in", tmp / "ours-full", filters_only=False)
+        rows.append(("llmlab web-basic (all stages incl. langid + dedup)", t, kept))
+        t, kept = run_llmlab(tmp / "in", tmp / "ours-filters", filters_only=True)
+        rows.append(("llmlab filters only (Gopher, C4, PII)", t, kept))
+        t, kept = run_datatrove(tmp / "in", tmp / "datatrove")
+        rows.append(("datatrove 0.10.1 (Gopher, C4, PII)", t, kept))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ref = n / rows[-1][1]
+    print(f"{n} documents, 1 worker process\n")
+    print("| pipeline | documents kept | seconds | documents/s per core | vs datatrove |")
+    print("|---|---:|---:|---:|---:|")
+    for name, t, kept in rows:
+        print(f"| {name} | {kept} | {t:.2f} | {n / t:,.0f} | {n / t / ref:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
