@@ -1,0 +1,73 @@
+"""Context assembly: turn ranked chunks into a numbered, budget-fitting context and a grounded prompt.
+
+Pure functions (no model), so every rule is testable: drop chunks that overlap one already taken
+(overlapping windows would spend the budget twice on the same text), stop adding when the next
+chunk would not fit the token budget, number what is kept so the answer can cite [1], [2].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered context passages given by the user. "
+    "Cite the passages you used with their numbers in square brackets, like [1] or [2][3]. "
+    "If the context does not contain the answer, say \"I don't know based on the provided context.\" "
+    "Do not use outside knowledge."
+)
+
+
+@dataclass
+class ContextChunk:
+    number: int
+    source: str
+    title: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+def _overlaps(a: dict, b: dict) -> bool:
+    return a["source"] == b["source"] and a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def pack_context(hits: list[dict], budget_tokens: int, count_tokens: Callable[[str], int],
+                 order: str = "relevance") -> list[ContextChunk]:
+    """Take hits best-first, skipping overlaps with kept ones and stopping at the token budget.
+
+    `hits` are dicts with source, title, text, start, end, score (best first). order="source"
+    re-sorts the kept chunks by (source, position) so neighbouring passages read in sequence;
+    "relevance" keeps the best first. Numbers follow the final order.
+    """
+    if order not in ("relevance", "source"):
+        raise ValueError("order must be 'relevance' or 'source'")
+    kept, used = [], 0
+    for hit in hits:
+        if any(_overlaps(hit, k) for k in kept):
+            continue
+        n = count_tokens(hit["text"]) + 8  # + the "[n] title" header line
+        if used + n > budget_tokens:
+            continue  # a smaller, lower-ranked chunk may still fit
+        kept.append(hit)
+        used += n
+    if order == "source":
+        kept.sort(key=lambda h: (h["source"], h["start"]))
+    return [ContextChunk(i, h["source"], h.get("title", ""), h["text"], h["start"], h["end"], h["score"])
+            for i, h in enumerate(kept, start=1)]
+
+
+def format_context(chunks: list[ContextChunk]) -> str:
+    return "\n\n".join(f"[{c.number}] ({c.title})\n{c.text.strip()}" for c in chunks)
+
+
+def build_messages(question: str, chunks: list[ContextChunk]) -> list[dict]:
+    """Chat messages for a grounded answer: the rules in the system turn, context + question in the user turn."""
+    context = format_context(chunks) if chunks else "(no passages were retrieved)"
+    user = f"Context:\n{context}\n\nQuestion: {question}\nAnswer (cite passages by number):"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def format_sources(chunks: list[ContextChunk]) -> str:
+    return "\n".join(f"[{c.number}] {c.source} ({c.title}) chars {c.start}-{c.end}" for c in chunks)

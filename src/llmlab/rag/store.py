@@ -1,0 +1,249 @@
+"""The --store directory: one SQLite database (documents, chunks, embeddings) + an HNSW file.
+
+Layout of a store directory:
+    store.sqlite     tables meta, documents, chunks, embeddings (vector BLOBs keyed by chunk-text hash);
+                     chunk ids are AUTOINCREMENT, never reused, because they are the HNSW labels
+    hnsw-<gen>.npz   the HNSW graph over the chunk vectors at generation <gen> (written atomically)
+
+Why the vectors live in SQLite: one transaction then covers documents, chunks and their vectors,
+so a crash mid-index leaves the previous consistent state. The HNSW file is derived data: its
+generation number is committed in `meta` only after the file is saved, and a store whose graph
+file is missing or stale rebuilds it from the vectors (no re-embedding) on open.
+
+Re-indexing is incremental: a document whose content hash is unchanged is skipped; a changed one
+has its chunks replaced (chunk texts already embedded come from the embedding table, so only new
+text is embedded); a source that disappeared from an indexed directory has its chunks deleted
+(tombstoned in the HNSW graph).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from llmlab.core.errors import LLMLabError
+from llmlab.rag.bm25 import BM25
+from llmlab.rag.chunking import chunk_document
+from llmlab.rag.embed import content_hash
+from llmlab.rag.hnsw import HNSW
+from llmlab.rag.hybrid import reciprocal_rank_fusion, weighted_fusion
+from llmlab.rag.index_exact import ExactIndex
+from llmlab.rag.ingest import Document
+
+FORMAT_VERSION = 1
+DB_FILE = "store.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS documents (id INTEGER PRIMARY KEY, path TEXT UNIQUE, title TEXT, hash TEXT,
+                                      mtime REAL, text TEXT);
+CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id INTEGER REFERENCES documents(id), ord INTEGER,
+                                   text TEXT, start INTEGER, "end" INTEGER, window TEXT, hash TEXT);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS embeddings (hash TEXT PRIMARY KEY, vec BLOB);
+"""
+
+
+class Store:
+    def __init__(self, directory: str | Path, create: bool = False):
+        self.dir = Path(directory)
+        db = self.dir / DB_FILE
+        if not db.is_file() and not create:
+            raise LLMLabError(f"{self.dir} is not a RAG store (no {DB_FILE}): build one with "
+                              f"`llmlab rag index <docs> --store {self.dir}`")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(db))
+            self.db.executescript(_SCHEMA)
+            self.meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as e:
+            raise LLMLabError(f"{db} is not a readable SQLite database ({e}): delete the store and re-index") from e
+        version = int(self.meta.get("format_version", FORMAT_VERSION))
+        if version != FORMAT_VERSION:
+            raise LLMLabError(f"{self.dir} is RAG store format {version}; this llmlab reads format {FORMAT_VERSION}: "
+                              f"re-index into a new --store directory")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _set_meta(self, **kv) -> None:
+        for k, v in kv.items():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
+            self.meta[k] = str(v)
+
+    def check_model(self, model_id: str) -> None:
+        built = self.meta.get("embed_model")
+        if built and built != model_id:
+            raise LLMLabError(f"{self.dir} was built with embedding model {built!r}, not {model_id!r}: its vectors "
+                              f"are not comparable; use that model or index into a new --store directory")
+
+    # ---- indexing ---------------------------------------------------------------------------
+    def index(self, docs: list[Document], embedder, prune_prefixes: list[str] = (), method: str = "recursive",
+              size: int = 200, overlap: int = 40, show_progress: bool = False) -> dict:
+        """Add/update `docs`; delete stored documents under `prune_prefixes` that are not in `docs`."""
+        self.check_model(embedder.model_id)
+        params = f"{method}:{size}:{overlap}"
+        rechunk_all = self.meta.get("chunking", params) != params  # new chunking: every doc is "changed"
+        stats = {"added": 0, "updated": 0, "unchanged": 0, "deleted": 0}
+        seen = set()
+        new_chunks: list[tuple[int, str]] = []  # (doc_id, text hash) of chunks needing vectors
+        with self.db:  # one transaction
+            self._set_meta(format_version=FORMAT_VERSION, embed_model=embedder.model_id, chunking=params)
+            for doc in docs:
+                seen.add(doc.path)
+                row = self.db.execute("SELECT id, hash FROM documents WHERE path = ?", (doc.path,)).fetchone()
+                if row and row[1] == doc.hash and not rechunk_all:
+                    stats["unchanged"] += 1
+                    continue
+                if row:
+                    self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
+                    self.db.execute("UPDATE documents SET title=?, hash=?, mtime=?, text=? WHERE id=?",
+                                    (doc.title, doc.hash, doc.mtime, doc.text, row[0]))
+                    doc_id = row[0]
+                    stats["updated"] += 1
+                else:
+                    doc_id = self.db.execute("INSERT INTO documents (path, title, hash, mtime, text) VALUES (?,?,?,?,?)",
+                                             (doc.path, doc.title, doc.hash, doc.mtime, doc.text)).lastrowid
+                    stats["added"] += 1
+                for i, c in enumerate(chunk_document(doc.text, embedder.count_tokens, method, size, overlap)):
+                    h = content_hash(c.text)
+                    self.db.execute('INSERT INTO chunks (doc_id, ord, text, start, "end", window, hash) VALUES (?,?,?,?,?,?,?)',
+                                    (doc_id, i, c.text, c.start, c.end, c.window, h))
+                    new_chunks.append((doc_id, h))
+            for doc_id, path in self.db.execute("SELECT id, path FROM documents").fetchall():
+                if path not in seen and any(path.startswith(p) for p in prune_prefixes):
+                    self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+                    self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+                    stats["deleted"] += 1
+            # embed only chunk texts whose hash has no vector yet (the embedding cache)
+            missing = [r for r in self.db.execute(
+                "SELECT DISTINCT c.hash, c.text FROM chunks c LEFT JOIN embeddings e ON e.hash = c.hash "
+                "WHERE e.hash IS NULL").fetchall()]
+            if missing:
+                vecs = embedder.embed([t for _, t in missing], show_progress=show_progress)
+                self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
+                                    [(h, v.astype(np.float32).tobytes()) for (h, _), v in zip(missing, vecs)])
+            stats["embedded"] = len(missing)
+            self.db.execute("DELETE FROM embeddings WHERE hash NOT IN (SELECT hash FROM chunks)")
+        stats["chunks"] = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        stats["documents"] = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        self.update_hnsw(show_progress=show_progress)
+        return stats
+
+    # ---- vectors and graph ------------------------------------------------------------------
+    def chunk_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, float32 [n, dim] vectors) for every chunk, ordered by chunk id."""
+        rows = self.db.execute("SELECT c.id, e.vec FROM chunks c JOIN embeddings e ON e.hash = c.hash "
+                               "ORDER BY c.id").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        if not rows:
+            return ids, np.zeros((0, 384), dtype=np.float32)
+        return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def _hnsw_path(self, gen: int) -> Path:
+        return self.dir / f"hnsw-{gen}.npz"
+
+    def update_hnsw(self, M: int = 16, ef_construction: int = 200, show_progress: bool = False) -> HNSW:
+        """Bring the graph up to date: tombstone removed chunks, insert new ones, save a new generation."""
+        ids, vecs = self.chunk_vectors()
+        gen = int(self.meta.get("hnsw_gen", 0))
+        path = self._hnsw_path(gen)
+        graph = HNSW.load(path) if gen and path.is_file() else HNSW(vecs.shape[1], M, ef_construction)
+        live = set(graph._label_to_node)
+        want = set(ids.tolist())
+        if live == want and gen:
+            return graph
+        for label in live - want:
+            graph.delete(label)
+        add = np.array(sorted(want - live), dtype=np.int64)
+        if len(add):
+            row = {cid: i for i, cid in enumerate(ids.tolist())}
+            graph.add(vecs[[row[c] for c in add.tolist()]], add, show_progress=show_progress)
+        graph.save(self._hnsw_path(gen + 1))
+        with self.db:
+            self._set_meta(hnsw_gen=gen + 1)
+        for old in self.dir.glob("hnsw-*.npz"):
+            if old.name != self._hnsw_path(gen + 1).name:
+                old.unlink(missing_ok=True)
+        return graph
+
+
+class Retriever:
+    """In-memory view of a store for searching: chunk rows, exact index, HNSW graph, BM25."""
+
+    def __init__(self, store: Store, embedder=None, stemming: bool = True, stopwords: bool = False):
+        self.store = store
+        self.embedder = embedder
+        if embedder is not None:
+            store.check_model(embedder.model_id)
+        rows = store.db.execute('SELECT c.id, d.path, d.title, c.text, c.start, c."end", c.window FROM chunks c '
+                                'JOIN documents d ON d.id = c.doc_id ORDER BY c.id').fetchall()
+        if not rows:
+            raise LLMLabError(f"{store.dir} holds no chunks yet: add documents with `llmlab rag index <docs> --store {store.dir}`")
+        self.chunks = [dict(id=r[0], source=r[1], title=r[2], text=r[3], start=r[4], end=r[5], window=r[6]) for r in rows]
+        self.row_of = {c["id"]: i for i, c in enumerate(self.chunks)}
+        ids, vecs = store.chunk_vectors()
+        if len(ids) != len(self.chunks):
+            raise LLMLabError(f"{store.dir}: {len(self.chunks) - len(ids)} chunks have no vector; re-run `llmlab rag index`")
+        self.exact = ExactIndex(vecs)
+        self._graph: HNSW | None = None
+        self.bm25 = BM25(stemming=stemming, stopwords=stopwords).fit([c["text"] for c in self.chunks])
+
+    @property
+    def graph(self) -> HNSW:
+        if self._graph is None:
+            gen = int(self.store.meta.get("hnsw_gen", 0))
+            path = self.store._hnsw_path(gen)
+            self._graph = HNSW.load(path) if path.is_file() else self.store.update_hnsw()
+        return self._graph
+
+    def _dense(self, query_vec: np.ndarray, n: int, ann: bool, ef: int) -> list[tuple[int, float]]:
+        if ann:
+            labels, sims = self.graph.search(query_vec, n, max(ef, n))
+            return [(self.row_of[int(l)], float(s)) for l, s in zip(labels, sims)]
+        idx, sims = self.exact.search(query_vec, n)
+        return list(zip(idx.tolist(), sims.tolist()))
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", ann: bool = False, ef: int = 128,
+               fusion: str = "rrf", alpha: float = 0.5, candidates: int = 100, where: str | None = None,
+               query_vec: np.ndarray | None = None) -> list[dict]:
+        """Top-k chunks as dicts (id, source, title, text, start, end, window, score), best first.
+
+        mode: dense | bm25 | hybrid. Hybrid fuses the top `candidates` of each (RRF k=60, or weighted
+        with `alpha` on dense). `where` is a glob on the source path (a metadata filter).
+        """
+        if mode not in ("dense", "bm25", "hybrid"):
+            raise LLMLabError(f"unknown search mode {mode!r}: use dense, bm25 or hybrid")
+        n = max(candidates, k) if (mode == "hybrid" or where) else k
+        if where:
+            n = max(n, 10 * k)
+        dense = sparse = []
+        if mode in ("dense", "hybrid"):
+            if query_vec is None:
+                if self.embedder is None:
+                    raise LLMLabError("dense search needs an embedder")
+                query_vec = self.embedder.embed([query])[0]
+            dense = self._dense(query_vec, n, ann, ef)
+        if mode in ("bm25", "hybrid"):
+            idx, scores = self.bm25.search(query, n)
+            sparse = list(zip(idx.tolist(), scores.tolist()))
+        if mode == "dense":
+            ranked = dense
+        elif mode == "bm25":
+            ranked = sparse
+        elif fusion == "rrf":
+            ranked = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in sparse]])
+        else:
+            ranked = weighted_fusion(dense, sparse, alpha)
+        hits = []
+        for row, score in ranked:
+            chunk = self.chunks[row]
+            if where and not fnmatch.fnmatch(chunk["source"], where):
+                continue
+            hits.append({**chunk, "score": float(score)})
+            if len(hits) == k:
+                break
+        return hits

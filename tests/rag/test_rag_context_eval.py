@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from llmlab.core.errors import LLMLabError
+from llmlab.rag.context import SYSTEM_PROMPT, build_messages, format_sources, pack_context
+from llmlab.rag.evaluate import is_hit, load_qa, metrics
+from llmlab.rag.hybrid import reciprocal_rank_fusion, weighted_fusion
+
+words = lambda s: len(s.split())  # noqa: E731
+
+
+def hit(source, start, end, text, score):
+    return dict(source=source, title=source, start=start, end=end, text=text, score=score)
+
+
+def test_pack_dedupes_overlaps_and_respects_budget():
+    hits = [hit("a", 0, 100, "one two three", 0.9), hit("a", 50, 150, "overlapping chunk", 0.8),
+            hit("b", 0, 10, "w " * 50, 0.7), hit("c", 0, 10, "small fits", 0.6)]
+    packed = pack_context(hits, budget_tokens=30, count_tokens=words)
+    assert [c.source for c in packed] == ["a", "c"]  # overlap dropped, too-big chunk skipped
+    assert [c.number for c in packed] == [1, 2]
+    by_source = pack_context([hit("b", 5, 9, "x", 0.9), hit("a", 0, 3, "y", 0.5)], 100, words, order="source")
+    assert [c.source for c in by_source] == ["a", "b"] and by_source[0].number == 1
+
+
+def test_prompt_is_grounded_and_numbered():
+    packed = pack_context([hit("doc.md", 0, 5, "Paris is the capital of France.", 1.0)], 100, words)
+    messages = build_messages("What is the capital of France?", packed)
+    assert messages[0]["content"] == SYSTEM_PROMPT and "don't know" in SYSTEM_PROMPT
+    assert "[1] (doc.md)\nParis is the capital" in messages[1]["content"]
+    assert messages[1]["content"].rstrip().endswith("Answer (cite passages by number):")
+    assert format_sources(packed).startswith("[1] doc.md")
+
+
+def test_fusions():
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=60)
+    assert [i for i, _ in fused][:2] == [1, 3]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    w = weighted_fusion([(1, 0.9), (2, 0.8), (4, 0.1)], [(2, 10.0), (3, 5.0)], alpha=0.5)
+    assert w[0][0] == 2
+
+
+def test_metrics_and_hits(tmp_path):
+    rel = [[False, True, False], [True, False, True], [False, False, False]]
+    m = metrics(rel, [1, 2])
+    assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@2"] == pytest.approx(2 / 3)
+    assert m["mrr@10"] == pytest.approx((0.5 + 1) / 3)
+    assert 0 < m["ndcg@10"] < m["recall@2"]
+    assert is_hit({"source": "/x/docs/a.md", "text": ""}, {"gold_doc": "a.md"})
+    assert is_hit({"source": "s", "text": "The  quick\nbrown fox"}, {"gold_text": "quick brown"})
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "q", "gold_doc": "a"}) + "\n" + json.dumps({"question": "no gold"}) + "\n")
+    items, skipped = load_qa(qa)
+    assert len(items) == 1 and skipped == 1
+    qa.write_text("{broken\n")
+    with pytest.raises(LLMLabError, match="qa.jsonl:1"):
+        load_qa(qa)
