@@ -2,7 +2,6 @@
 
 import sqlite3
 
-import numpy as np
 import pytest
 
 from llmlab.core.errors import LLMLabError

@@ -7,7 +7,6 @@ resolved config is saved as `config.json` in the run directory and restored on `
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -107,8 +108,7 @@ def _source_name(data: TokenDataset) -> str:
 
 
 def _announce(trainer: Trainer, data: TokenDataset, run_dir: Path, resumed_at: int | None = None) -> None:
-    import sys
-    m, t = trainer.run.model, trainer.cfg
+    m = trainer.run.model
     what = f"resuming at step {resumed_at}" if resumed_at else "new run"
     print(f"llmlab train: {what} in {run_dir}\n"
           f"  model  {trainer.model.num_params() / 1e6:.2f}M params ({m.n_layer} layers, {m.n_head} heads, "

@@ -161,9 +161,13 @@ class Trainer:
 
     def checkpoint_state(self) -> dict:
         self.state.history = list(self.spikes.recent)
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "loop": vars(self.state).copy(), "rng": capture_rng(self.generator),
-                "config": self.run.to_dict(), "model_config": self.run.to_dict()["model"],
+        return {**self.model_payload(), "optimizer": self.optimizer.state_dict(),
+                "loop": vars(self.state).copy(), "rng": capture_rng(self.generator)}
+
+    def model_payload(self) -> dict:
+        """What a model checkpoint needs (`llmlab.model.checkpoint.load_run_model` reads it)."""
+        config = self.run.to_dict()
+        return {"model": self.model.state_dict(), "config": config, "model_config": config["model"],
                 "tokenizer": self.tokenizer.to_dict()}
 
     def save(self, name: str = CHECKPOINT) -> None:
@@ -243,9 +247,7 @@ class Trainer:
                     state.last_val = row["val_loss"]
                     if row["val_loss"] < state.best_val:
                         state.best_val, state.evals_since_best = row["val_loss"], 0
-                        save_checkpoint(self.run_dir / BEST, {"model": self.model.state_dict(),
-                                        "config": self.run.to_dict(), "model_config": self.run.to_dict()["model"],
-                                        "tokenizer": self.tokenizer.to_dict(), "loop": {"step": state.step}})
+                        save_checkpoint(self.run_dir / BEST, {**self.model_payload(), "loop": {"step": state.step}})
                     else:
                         state.evals_since_best += 1
                     t_eval = time.perf_counter()
