@@ -88,8 +88,9 @@ def main() -> int:
     ap.add_argument("--efs", default="32,64,128,256")
     ap.add_argument("--no-faiss", action="store_true")
     ap.add_argument("--embed-budget", type=float, default=600, help="seconds of embedding before using what is cached")
+    ap.add_argument("--embed-threads", type=int, default=2, help="torch threads for embedding (indexes always use 1)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.embed_threads)
     n = args.n or (20_000 if args.quick else 100_000)
     nq = args.queries or (300 if args.quick else 1000)
     efs = [int(e) for e in args.efs.split(",")]

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.infer import Engine
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    engine = Engine.load(args.model, args.device, args.dtype)
+    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile)
     config = sampling_from(args)
     system = args.system
     history: list[dict] = []

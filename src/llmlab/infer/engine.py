@@ -72,15 +72,23 @@ def load_model(spec: str | Path) -> tuple[Transformer, Tokenizer, str]:
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, device: torch.device, name: str = ""):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, device: torch.device, name: str = "",
+                 compile: bool = False):
         self.model, self.tokenizer, self.device, self.name = model.eval(), tokenizer, device, name
+        # compile: decode steps through one compiled graph (llmlab.infer.compiled_decode); the
+        # first generation pays the compile time.
+        self.decode_fn = None
+        if compile:
+            from llmlab.infer.compiled_decode import compile_decode_step
+            self.decode_fn = compile_decode_step(self.model)
 
     @classmethod
-    def load(cls, spec: str | Path = "smollm2", device: str = "auto", dtype: str = "float32") -> "Engine":
+    def load(cls, spec: str | Path = "smollm2", device: str = "auto", dtype: str = "float32",
+             compile: bool = False) -> "Engine":
         dev = pick_device(device)
         model, tokenizer, name = load_model(spec)
         model = model.to(device=dev, dtype=pick_dtype(dtype))
-        return cls(model, tokenizer, dev, name)
+        return cls(model, tokenizer, dev, name, compile)
 
     @property
     def max_context(self) -> int:
@@ -115,7 +123,8 @@ class Engine:
         prompt_ids = self.encode_prompt(prompt, raw)
         stop_ids, state, timings = self._stop_ids(config), StreamState(list(config.stop)), Timings()
         ids, logprobs, finish = [], [], "length"
-        for step in decode_steps(self.model, [prompt_ids], config, overflow, timings):
+        for step in decode_steps(self.model, [prompt_ids], config, overflow, timings,
+                                 decode_fn=self.decode_fn):
             token = int(step.ids[0])
             if token in stop_ids:
                 finish = "stop"
@@ -151,7 +160,7 @@ class Engine:
         stop_ids, timings = self._stop_ids(config), Timings()
         outputs: list[list[int]] = [[] for _ in encoded]
         finished = [""] * len(encoded)
-        for step in decode_steps(self.model, encoded, config, "error", timings):
+        for step in decode_steps(self.model, encoded, config, "error", timings, decode_fn=self.decode_fn):
             for b, token in enumerate(step.ids.tolist()):
                 if finished[b]:
                     continue

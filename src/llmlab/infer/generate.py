@@ -13,7 +13,7 @@ gets the same logits in a batch as alone (`test_batched_equals_unbatched`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -46,26 +46,31 @@ class Timings:
                 "prefill_s": self.prefill_s, "decode_s": self.decode_s}
 
 
-def attention_mask(pad: torch.Tensor, start: int, T: int) -> torch.Tensor:
-    """(B, 1, T, S) bool: query slot start+t sees key slots <= itself that are not padding.
-    A pad slot may see itself, so no softmax row is empty (an all -inf row would give NaN)."""
-    S = start + T
-    q = torch.arange(start, S, device=pad.device)[:, None]
-    k = torch.arange(S, device=pad.device)[None, :]
-    causal = k <= q                                                     # (T, S)
-    not_pad = k[None] >= pad[:, None, None]                             # (B, 1, S)
-    return ((causal[None] & not_pad) | (k == q)[None])[:, None]
+def run_model(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor) -> torch.Tensor:
+    """The model on new tokens ids (B, T) whose cache slots are set (`cache.begin`): logits of the
+    last one (B, V). RoPE positions count from each sequence's first real token (slot - padding).
+    This is the function `llmlab.infer.compiled_decode` compiles for decode steps."""
+    positions = (cache.write_slots[None, :] - pad[:, None]).clamp(min=0)
+    return model(ids, positions=positions, kv_cache=cache, attn_mask=cache.attention_mask(pad),
+                 last_only=True)["logits"][:, -1]
 
 
-def forward_step(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor) -> torch.Tensor:
-    """Run new tokens ids (B, T) through the model; return the logits of the last one (B, V)."""
-    B, T = ids.shape
-    slots = torch.arange(cache.length, cache.length + T, device=ids.device)
-    positions = (slots[None, :] - pad[:, None]).clamp(min=0)            # each sequence counts from 0
-    mask = attention_mask(pad, cache.length, T) if bool(pad.any()) else None
-    logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask, last_only=True)["logits"][:, -1]
-    cache.advance(T)
+def forward_step(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor,
+                 step_fn: Callable[..., torch.Tensor] = run_model) -> torch.Tensor:
+    """Run new tokens through the model, filling the next cache slots; return the last logits."""
+    cache.begin(ids.size(1))
+    logits = step_fn(model, ids, cache, pad)
+    cache.advance(ids.size(1))
     return logits
+
+
+def cache_length(needed: int, context: int, static: bool) -> int:
+    """Slots to allocate. A static cache is read whole at every step, so it is rounded up to a
+    power of two (>= 256) rather than to the context: few distinct shapes (one compiled graph
+    each), at most 2x the slots needed."""
+    if not static:
+        return min(context, needed)
+    return min(context, max(256, 1 << (needed - 1).bit_length()))
 
 
 def fit_prompts(prompts: list[list[int]], max_new_tokens: int, context: int, overflow: str) -> list[list[int]]:
@@ -91,9 +96,13 @@ def fit_prompts(prompts: list[list[int]], max_new_tokens: int, context: int, ove
 @torch.no_grad()
 def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: SamplingConfig,
                  overflow: str = "error", timings: Timings | None = None,
-                 cache_dtype: torch.dtype | None = None) -> Iterator[Step]:
+                 cache_dtype: torch.dtype | None = None,
+                 decode_fn: Callable[..., torch.Tensor] | None = None) -> Iterator[Step]:
     """Yield the next token of every sequence, step after step, up to config.max_new_tokens.
-    The caller stops early (break) when every sequence has finished."""
+    The caller stops early (break) when every sequence has finished.
+
+    decode_fn: a compiled `run_model` (llmlab.infer.compiled_decode) for the one-token steps;
+    it needs the static cache. The prefill always runs eagerly (prompt lengths vary)."""
     model.eval()
     c = model.config
     device = next(model.parameters()).device
@@ -104,9 +113,9 @@ def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: Sampl
     pad = torch.tensor([L - len(p) for p in prompts], device=device)
     ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
     history = torch.tensor([[-1] * (L - len(p)) + p for p in prompts], device=device)
-    cache_len = min(c.block_size, L + config.max_new_tokens)
-    cache = KVCache(c.n_layer, B, c.n_kv_head, cache_len, c.head_dim, cache_dtype or next(model.parameters()).dtype,
-                    device)
+    static = decode_fn is not None
+    cache = KVCache(c.n_layer, B, c.n_kv_head, cache_length(L + config.max_new_tokens, c.block_size, static),
+                    c.head_dim, cache_dtype or next(model.parameters()).dtype, device, static=static)
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     timings = timings if timings is not None else Timings()
 
@@ -126,7 +135,7 @@ def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: Sampl
             pad = torch.zeros(1, dtype=torch.long, device=device)
             logits = forward_step(model, torch.tensor([keep], device=device), cache, pad)
         else:
-            logits = forward_step(model, next_ids[:, None], cache, pad)  # decode
+            logits = forward_step(model, next_ids[:, None], cache, pad, decode_fn or run_model)  # decode
         timings.decode_tokens += B
         timings.decode_s += time.perf_counter() - t0
 
