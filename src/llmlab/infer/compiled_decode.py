@@ -62,9 +62,12 @@ class MatvecLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != x.size(-1) or x.device.type != "cpu":
-            # Prefill, batches, training: the GEMM. On GPUs cuBLAS's matrix-vector kernels already
-            # stream weights near bandwidth (gpt-fast keeps F.linear there), so only CPUs swap.
+        # Only inside a compiled graph: run eagerly, the reduction form would materialise the
+        # (out, in) product (the prefill's last-position head call would allocate 113 MB).
+        # Several rows (prefill, batches, training) are a GEMM's job. On GPUs cuBLAS's
+        # matrix-vector kernels already stream weights near bandwidth (gpt-fast keeps F.linear
+        # there), so only CPUs use the reduction form.
+        if not torch.compiler.is_compiling() or x.numel() != x.size(-1) or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
         y = reduction_matvec(x, self.weight)
         return y if self.bias is None else y + self.bias

@@ -13,10 +13,12 @@ keeps RoPE positions per sequence (slot - padding).
 Two ways to read it back:
   dynamic (default)  attention sees slots [0, length): shapes grow by one every step, and no
                      time goes to slots not written yet.
-  static             attention always sees all max_len slots and the mask hides the ones not
-                     written yet; the write position is a tensor (`write_slots`). Nothing about
-                     the shapes changes from step to step, so a compiled decode step
-                     (llmlab.infer.compiled_decode) is traced once and replayed.
+  static             a one-token (decode) step sees all max_len slots and the mask hides the ones
+                     not written yet; the write position is a tensor (`write_slots`). Nothing
+                     about the shapes changes from step to step, so a compiled decode step
+                     (llmlab.infer.compiled_decode) is traced once and replayed. A multi-token
+                     pass (the prefill, run eagerly) still sees only [0, length + T): it would
+                     otherwise spend attention FLOPs on empty slots.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, K, T, D) into slots [length, length + T); return the slots attention sees:
-        [0, length + T) in dynamic mode, all max_len slots in static mode."""
-        if self.static:
+        [0, length + T), or all max_len slots for a one-token step in static mode."""
+        if self.static and k.size(2) == 1:
             self.k[layer][:, :, self.write_slots] = k
             self.v[layer][:, :, self.write_slots] = v
             return self.k[layer], self.v[layer]
@@ -63,12 +65,14 @@ class KVCache:
 
         Query slot q sees key slots <= q that are not padding (pad[b] = how many slots sequence b
         is left-padded by). A pad slot may see itself, so no softmax row is empty (an all -inf row
-        gives NaN). Static mode always needs the mask (it also hides slots not written yet);
-        dynamic mode without padding returns None: plain causal attention."""
-        if not self.static and not bool(pad.any()):
+        gives NaN). A static decode step always needs the mask (it also hides slots not written
+        yet); otherwise, without padding, None means plain causal attention."""
+        T = self.write_slots.size(0)
+        full = self.static and T == 1
+        if not full and not bool(pad.any()):
             return None
         q = self.write_slots[:, None]                                       # (T, 1)
-        S = self.max_len if self.static else self.length + q.size(0)
+        S = self.max_len if full else self.length + T
         k = torch.arange(S, device=pad.device)[None, :]                     # (1, S)
         causal = k <= q                                                     # (T, S)
         not_pad = k[None] >= pad[:, None, None]                             # (B, 1, S)
