@@ -27,8 +27,6 @@ def prompt_text() -> str:
 
 
 def run_llmlab(dtype: str, compile_: bool, new: int) -> dict:
-    import torch
-
     from llmlab.infer import Engine, SamplingConfig
     t0 = time.perf_counter()
     engine = Engine.load("smollm2", device="cpu", dtype=dtype, compile=compile_)

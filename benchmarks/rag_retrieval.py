@@ -248,7 +248,7 @@ def chunk_study(data, ours, n_articles: int) -> None:
 
     docs, qs = [], []  # qs: (question, doc index, para start, para end, answer)
     for article in data[:n_articles]:
-        text, spans = "", []
+        text = ""
         for p in article["paragraphs"]:
             start = len(text)
             text += p["context"] + "\n\n"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
-from llmlab.data.curation.minhash import (MinHashConfig, candidate_pairs, estimated_jaccard, near_duplicates,
-                                          shingle_hashes, signatures)
+from llmlab.data.curation.minhash import (MinHashConfig, all_shingle_hashes, candidate_pairs, estimated_jaccard,
+                                         exact_jaccard, near_duplicates, shingle_hashes, signatures)
 
 
 def _random_doc(rng: random.Random, n: int = 120) -> list[str]:
@@ -84,7 +85,15 @@ def test_near_duplicates_keep_first_of_each_cluster():
     d20 = list(base[5]); d20[60] = "x1"
     d21 = list(d20); d21[90] = "x2"
     texts += [" ".join(d20), " ".join(d21), ""]
-    keep, roots, pairs = near_duplicates(signatures(texts, MinHashConfig()), MinHashConfig())
-    assert keep.tolist() == [True] * 20 + [False, False, True]
-    assert roots[20] == roots[21] == 5
-    assert len(pairs) >= 2
+    hashes = all_shingle_hashes(texts, 5)
+    sigs = signatures(texts, MinHashConfig())
+    for verify in ("exact", "estimate"):
+        cfg = MinHashConfig(verify=verify)
+        keep, roots, pairs = near_duplicates(sigs, cfg, lambda idx: {int(i): hashes[i] for i in idx})
+        assert keep.tolist() == [True] * 20 + [False, False, True]
+        assert roots[20] == roots[21] == 5
+        assert len(pairs) >= 2
+        if verify == "exact":  # every verified pair is a true near duplicate, measured on the sets
+            assert (exact_jaccard(dict(enumerate(hashes)), pairs) >= cfg.threshold).all()
+    with pytest.raises(ValueError, match="needs the documents' shingles"):
+        near_duplicates(sigs, MinHashConfig(verify="exact"))

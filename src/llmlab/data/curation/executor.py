@@ -23,7 +23,6 @@ which runs the same shard functions on its workers; both must see the same files
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import time
 from collections.abc import Callable
@@ -38,19 +37,14 @@ from llmlab.core.io import atomic_open, atomic_save, atomic_write_json
 from llmlab.core.progress import progress
 from llmlab.data.curation.decontam import Decontaminator
 from llmlab.data.curation.dedup_exact import dedup_key, exact_duplicates
-from llmlab.data.curation.minhash import near_duplicates, signatures
+from llmlab.data.curation.minhash import near_duplicates, shingle_hashes, signatures
+from llmlab.data.curation.parts import JsonlPart, ParquetPart, open_jsonl_out, parquet_schema
 from llmlab.data.curation.pipeline import PipelineConfig, config_from_mapping
 from llmlab.data.curation.readers import InputErrors, list_inputs, read_file
 from llmlab.data.curation.stages import DOC_STAGES, StageStats, apply_doc_stages, empty_histograms, merge_histograms
 
 WORK = "work"
 KEY_BYTES = 16
-
-
-def _open_jsonl_out(f, compression: str):
-    """A text stream over the binary file `f`; gzip without time or file name in its header."""
-    raw = gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) if compression == "gzip" else f
-    return raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
 
 
 def _read_jsonl(path: Path):
@@ -88,7 +82,7 @@ def filter_shard(cfg_dict: dict, shard: int, path: str, work: str) -> dict:
     with atomic_open(work_dir / f"shard-{shard:05d}.jsonl.gz", "wb") as fdocs, \
             atomic_open(work_dir / f"shard-{shard:05d}.keys", "wb") as fkeys, \
             atomic_open(work_dir / f"shard-{shard:05d}.sig", "wb") as fsig:
-        raw, text_out = _open_jsonl_out(fdocs, "gzip")
+        raw, text_out = open_jsonl_out(fdocs, "gzip")
         for batch in _batches(read_file(Path(path), errors, cfg.input.text_field), cfg.execution.batch_size):
             docs_read += len(batch)
             batch = apply_doc_stages(batch, cfg, stats, hist, decontaminator)
@@ -111,33 +105,38 @@ def filter_shard(cfg_dict: dict, shard: int, path: str, work: str) -> dict:
     return result
 
 
-def write_shard(shard: int, work: str, out: str, compression: str, removed: dict[int, tuple[str, str]]) -> int:
-    """Phase C for one shard: copy the survivors of phases A and B to part-NNNNN, and every removal
-    ({id, source, reason[, duplicate_of]}) to removed/part-NNNNN.jsonl. Returns documents written
-    (-1 when an earlier run already wrote this shard)."""
-    suffix = ".jsonl.gz" if compression == "gzip" else ".jsonl"
+def write_shard(shard: int, work: str, out: str, compression: str, removed: dict[int, tuple[str, str]],
+                fmt: str = "jsonl") -> int:
+    """Phase C for one shard: copy the survivors of phases A and B to part-NNNNN (.jsonl.gz, .jsonl or,
+    with fmt = "parquet", .parquet), and every removal ({id, source, reason[, duplicate_of]}) to
+    removed/part-NNNNN.jsonl. Returns documents written (-1 when an earlier run already wrote this
+    shard)."""
+    if fmt not in ("jsonl", "parquet"):
+        raise LLMLabError(f"output.format must be \"jsonl\" or \"parquet\", not {fmt!r}")
+    suffix = ".parquet" if fmt == "parquet" else ".jsonl.gz" if compression == "gzip" else ".jsonl"
     target = Path(out) / f"part-{shard:05d}{suffix}"
     if target.is_file():
         return -1
     n = 0
+    docs_path = Path(work) / f"shard-{shard:05d}.jsonl.gz"
     log_lines = (Path(work) / f"shard-{shard:05d}.removed.jsonl").read_text(encoding="utf-8").splitlines()
+    # Parquet needs its columns up front: one extra streaming pass over the survivors finds them.
+    schema = parquet_schema(d for i, d in enumerate(_read_jsonl(docs_path)) if i not in removed) \
+        if fmt == "parquet" else None
     # The part file is the shard's "done" marker, so it must be replaced last: nested context
     # managers exit inner-first, hence the removal log is the inner one.
     with atomic_open(target, "wb") as f, atomic_open(Path(out) / "removed" / f"part-{shard:05d}.jsonl", "w") as flog:
         flog.writelines(line + "\n" for line in log_lines)
-        raw, text_out = _open_jsonl_out(f, compression)
-        for i, d in enumerate(_read_jsonl(Path(work) / f"shard-{shard:05d}.jsonl.gz")):
+        part = ParquetPart(f, *schema) if schema is not None else JsonlPart(f, compression)
+        for i, d in enumerate(_read_jsonl(docs_path)):
             if i in removed:
                 reason, dup_of = removed[i]
                 flog.write(json.dumps({"id": d["id"], "source": d["source"], "reason": reason,
                                        "duplicate_of": dup_of}, ensure_ascii=False) + "\n")
             else:
-                text_out.write(json.dumps(d, ensure_ascii=False) + "\n")
+                part.write(d)
                 n += 1
-        text_out.flush()
-        text_out.detach()
-        if raw is not f:
-            raw.close()
+        part.close()
     return n
 
 
@@ -169,7 +168,12 @@ def global_dedup(cfg: PipelineConfig, work_dir: Path, counts: list[int]) -> dict
         sigs = np.concatenate([np.fromfile(work_dir / f"shard-{s:05d}.sig", dtype=np.uint32)
                                for s in range(len(counts))]).reshape(total, cfg.minhash.num_perm)
         alive = np.nonzero(reason == 0)[0]
-        keep, roots, pairs = near_duplicates(sigs[alive], cfg.minhash)
+
+        def shingles(local: np.ndarray) -> dict[int, np.ndarray]:  # only candidate pairs' documents
+            docs = _work_documents(work_dir, counts, set(alive[local].tolist()))
+            return {int(i): shingle_hashes(docs[int(alive[i])]["text"], cfg.minhash.shingle_size) for i in local}
+
+        keep, roots, pairs = near_duplicates(sigs[alive], cfg.minhash, shingles)
         reason[alive[~keep]] = 2
         dup_of[alive] = alive[roots]
         near["docs_out"] = int(keep.sum())
@@ -216,6 +220,20 @@ def _map(engine: str, workers: int, address: str, fn: Callable, arg_lists: list[
     return results
 
 
+def _work_documents(work_dir: Path, counts: list[int], need: set[int]) -> dict[int, dict]:
+    """{global index: document} for the `need`ed documents of the phase-A work shards (one pass,
+    skipping shards that hold none of them)."""
+    docs: dict[int, dict] = {}
+    start = 0
+    for s, c in enumerate(counts):
+        if any(start <= j < start + c for j in need):
+            for i, d in enumerate(_read_jsonl(work_dir / f"shard-{s:05d}.jsonl.gz")):
+                if start + i in need:
+                    docs[start + i] = d
+        start += c
+    return docs
+
+
 def _dedup_removals(work_dir: Path, counts: list[int]) -> list[dict[int, tuple[str, str]]]:
     """Per shard: {index in shard: (reason, id of the kept duplicate)} from phase B."""
     dedup = np.load(work_dir / "dedup.npz")
@@ -224,15 +242,7 @@ def _dedup_removals(work_dir: Path, counts: list[int]) -> list[dict[int, tuple[s
     if not hit.size:
         return [{} for _ in counts]
     # ids of the documents that removed ones duplicate: read them from the work shards once
-    need = set(dup_of[hit].tolist())
-    ids: dict[int, str] = {}
-    start = 0
-    for s, c in enumerate(counts):
-        if any(start <= j < start + c for j in need):
-            for i, d in enumerate(_read_jsonl(work_dir / f"shard-{s:05d}.jsonl.gz")):
-                if start + i in need:
-                    ids[start + i] = d["id"]
-        start += c
+    ids = {g: d["id"] for g, d in _work_documents(work_dir, counts, set(dup_of[hit].tolist())).items()}
     names = {1: "exact_duplicate", 2: "near_duplicate"}
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     out: list[dict[int, tuple[str, str]]] = [{} for _ in counts]
@@ -263,7 +273,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     dedup = global_dedup(cfg, work_dir, counts)
     removed = _dedup_removals(work_dir, counts)
     written = _map(ex.engine, ex.workers, ex.dask_address, write_shard,
-                   [(i, str(work_dir), str(out), cfg.output.compression, removed[i]) for i in range(len(inputs))],
+                   [(i, str(work_dir), str(out), cfg.output.compression, removed[i], cfg.output.format)
+                    for i in range(len(inputs))],
                    "write")
     return _combine_stats(cfg, out, shard_stats, dedup, written, time.perf_counter() - start)
 

@@ -12,9 +12,15 @@
 3. LSH: the signature is cut into `bands` bands of `rows` rows; two documents become candidates
    when any band is identical. P[candidate] = 1 - (1 - J^r)^b, an S-curve whose midpoint is
    about (1/b)^(1/r). More bands -> higher recall but more false candidates; more rows -> a
-   steeper curve shifted right. Candidates are then verified by the signature agreement
-   (estimated Jaccard >= `threshold`), which removes most false positives at the cost of
-   estimator noise (std sqrt(J(1-J)/num_perm) ~ 0.035 at J=0.8 with 128 permutations).
+   steeper curve shifted right. Candidates are then verified, `verify`:
+     exact     the Jaccard of the two shingle-hash sets (sorted arrays: one `np.intersect1d`
+               per candidate pair). No estimator noise: every kept pair really is >= threshold
+               (up to 32-bit hash collisions), and none near the threshold is lost to noise;
+     estimate  the signature agreement (estimated Jaccard), what datasketch's users do: no
+               shingles needed, but std sqrt(J(1-J)/num_perm) ~ 0.035 at J = 0.8 with 128
+               permutations, which both admits and rejects pairs near the threshold.
+   Candidates are few (a few per duplicate), so exact verification costs little
+   (benchmarks/dedup.py measures both).
 4. Clusters: union-find over verified pairs; the first document (in corpus order) of each
    cluster is kept, so the output does not depend on the number of workers.
 """
@@ -22,6 +28,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +49,10 @@ class MinHashConfig:
     # estimated-Jaccard check then removes the extra false candidates (benchmarks/dedup.py).
     bands: int = field(default=14, metadata={"help": "LSH bands (bands * rows <= num_perm)"})
     rows: int = field(default=9, metadata={"help": "signature rows per band"})
-    threshold: float = field(default=0.8, metadata={"help": "estimated Jaccard above which two documents are duplicates"})
+    threshold: float = field(default=0.8, metadata={"help": "Jaccard above which two documents are duplicates"})
+    verify: str = field(default="exact", metadata={
+        "help": "how LSH candidates are confirmed: exact (Jaccard of the shingle sets) or estimate (signature agreement)",
+        "choices": ["exact", "estimate"]})
     seed: int = field(default=1, metadata={"help": "seed of the hash functions"})
 
 
@@ -83,18 +93,26 @@ def shingle_hashes(text: str, shingle_size: int, cache: dict[str, int] | None = 
     return np.unique(h >> _SHIFT32)
 
 
-def signatures(texts: list[str], cfg: MinHashConfig, chunk_shingles: int = 8192) -> np.ndarray:
+def all_shingle_hashes(texts: list[str], shingle_size: int) -> list[np.ndarray]:
+    cache: dict[str, int] = {}  # word -> crc32: words repeat a lot, hashing each once pays
+    return [shingle_hashes(t, shingle_size, cache) for t in texts]
+
+
+def signatures(texts: list[str], cfg: MinHashConfig) -> np.ndarray:
     """(len(texts), num_perm) uint32 MinHash signatures. Documents without words get all-ones."""
+    return signatures_from_hashes(all_shingle_hashes(texts, cfg.shingle_size), cfg)
+
+
+def signatures_from_hashes(hashes: list[np.ndarray], cfg: MinHashConfig, chunk_shingles: int = 8192) -> np.ndarray:
+    """Signatures of documents given as their shingle-hash arrays (`shingle_hashes`)."""
     a, b = permutations(cfg.num_perm, cfg.seed)
-    out = np.full((len(texts), cfg.num_perm), _EMPTY, dtype=np.uint32)
-    cache: dict[str, int] = {}
-    hashes = [shingle_hashes(t, cfg.shingle_size, cache) for t in texts]
+    out = np.full((len(hashes), cfg.num_perm), _EMPTY, dtype=np.uint32)
     # Process documents in groups of about `chunk_shingles` shingles: num_perm x 8192 x 8 bytes
     # = 8 MiB stays in cache, measured 3x faster per shingle here than 64k-shingle groups.
     start = 0
-    while start < len(texts):
+    while start < len(hashes):
         end, total = start, 0
-        while end < len(texts) and (total == 0 or total + hashes[end].size <= chunk_shingles):
+        while end < len(hashes) and (total == 0 or total + hashes[end].size <= chunk_shingles):
             total += hashes[end].size
             end += 1
         group = [h for h in hashes[start:end]]
@@ -154,6 +172,16 @@ def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
 
 
+def exact_jaccard(shingles: dict[int, np.ndarray], pairs: np.ndarray) -> np.ndarray:
+    """Jaccard of the shingle-hash sets (sorted, unique arrays) of each pair."""
+    out = np.empty(len(pairs))
+    for k, (i, j) in enumerate(pairs.tolist()):
+        a, b = shingles[i], shingles[j]
+        inter = np.intersect1d(a, b, assume_unique=True).size
+        out[k] = inter / max(1, a.size + b.size - inter)
+    return out
+
+
 def _find(parent: np.ndarray, i: int) -> int:
     while parent[i] != i:
         parent[i] = parent[parent[i]]  # path halving
@@ -161,17 +189,30 @@ def _find(parent: np.ndarray, i: int) -> int:
     return i
 
 
-def near_duplicates(sigs: np.ndarray, cfg: MinHashConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_duplicates(sigs: np.ndarray, cfg: MinHashConfig,
+                    shingles: Callable[[np.ndarray], dict[int, np.ndarray]] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keep mask, cluster representative per document, verified pairs).
 
+    shingles(indices) -> {index: shingle-hash array}: needed by verify="exact"; it is asked only
+    for the documents in candidate pairs, so a caller can fetch them from disk.
     The representative of a cluster is its smallest index = the first document in corpus order."""
+    if cfg.verify not in ("exact", "estimate"):
+        raise ValueError(f"MinHashConfig.verify = {cfg.verify!r}: use exact or estimate")
+    if cfg.verify == "exact" and shingles is None:
+        raise ValueError("verify='exact' needs the documents' shingles (pass shingles=...), or use verify='estimate'")
     n = sigs.shape[0]
     pairs = candidate_pairs(sigs, cfg.bands, cfg.rows)
     # Documents without any shingle all share the all-ones signature; never call them duplicates.
     empty = (sigs == _EMPTY).all(axis=1)
     if pairs.size:
         pairs = pairs[~(empty[pairs[:, 0]] | empty[pairs[:, 1]])]
-        pairs = pairs[estimated_jaccard(sigs, pairs) >= cfg.threshold]
+    if pairs.size:
+        if cfg.verify == "exact":
+            similarity = exact_jaccard(shingles(np.unique(pairs)), pairs)
+        else:
+            similarity = estimated_jaccard(sigs, pairs)
+        pairs = pairs[similarity >= cfg.threshold]
     parent = np.arange(n)
     for i, j in pairs:
         ri, rj = _find(parent, int(i)), _find(parent, int(j))

@@ -8,6 +8,7 @@ error that lists the valid ones):
     text_field = "text"
     [output]
     dir = "clean/"
+    format = "jsonl"          # or "parquet"
     [langid]
     languages = ["en"]
     threshold = 0.5
@@ -49,6 +50,9 @@ class OutputConfig:
     dir: str = field(default="clean", metadata={"help": "output directory"})
     compression: str = field(default="gzip", metadata={"help": "gzip (part-*.jsonl.gz) or none (part-*.jsonl)",
                                                         "choices": ["gzip", "none"]})
+    format: str = field(default="jsonl", metadata={"help": "jsonl (part-*.jsonl[.gz], see compression) or parquet "
+                                                   "(part-*.parquet, zstd; needs pyarrow)",
+                                                   "choices": ["jsonl", "parquet"]})
 
 
 @dataclass
@@ -107,6 +111,8 @@ class PipelineConfig:
         d = self.to_dict()
         d.pop("execution")
         d["output"].pop("dir")
+        if d["output"]["format"] == "jsonl":   # the default: runs made before the option still resume
+            d["output"].pop("format")
         return json.dumps(d, sort_keys=True)
 
 

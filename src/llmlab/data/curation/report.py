@@ -56,7 +56,7 @@ def plot_report(stats: dict, img_dir: Path, prefix: str = "curation") -> list[Pa
 
 
 def render_markdown(stats: dict, images: list[Path] | None = None, base: Path | None = None) -> str:
-    lines = [f"# Curation report", "",
+    lines = ["# Curation report", "",
              f"{stats['docs_in']} documents read from {stats['shards']} input file(s), {stats['docs_out']} kept "
              f"({100 * stats['docs_out'] / max(1, stats['docs_in']):.1f}%) in {stats['seconds']:.1f} s.", "",
              "| stage | in | out | removed | modified | reasons |", "|---|---:|---:|---:|---:|---|"]
