@@ -111,7 +111,8 @@ def fusion_study(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray,
     cols = ["recall@1", "recall@5", "recall@10", "mrr@10"]
     print("| fusion (dense + bm25 stemmed) | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for name, found in (("RRF k=60", rrf(dense[0][test], sparse[0][test])),
-                        (f"weighted, alpha={best} (dense)", weighted(half(dense, test), half(sparse, test), best)),
+                        (f"weighted, alpha={best} (tuned)", weighted(half(dense, test), half(sparse, test), best)),
+                        ("weighted, alpha=0.5 (default)", weighted(half(dense, test), half(sparse, test), 0.5)),
                         ("dense alone", dense[0][test][:, :10]), ("bm25 alone", sparse[0][test][:, :10])):
         m = metrics_from_ranks(found, gold[test])
         print(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
@@ -189,9 +190,12 @@ def main() -> int:
         rows[f"bm25 {label}: bm25s"] = {**metrics_from_ranks(ref_found, gold), "q/s": ref_qps}
     for label in ("plain", "stemmed"):
         rows[f"hybrid RRF (dense + bm25 {label})"] = metrics_from_ranks(rrf(dense_ours, sparse[label]), gold)
+    for label in ("plain", "stemmed"):
+        rows[f"hybrid weighted, alpha=0.5, the default (dense + bm25 {label})"] = metrics_from_ranks(
+            weighted((dense_ours, dense_scores), (sparse[label], sparse_scores[label]), 0.5), gold)
 
     print(f"\nSQuAD v1.1 dev: {len(paras):,} paragraphs, {nq:,} questions; dense = exact search; "
-          f"hybrid = RRF k=60 over top-100 of each\n")
+          f"hybrid = RRF k=60 or weighted score fusion over top-100 of each\n")
     cols = ["recall@1", "recall@5", "recall@10", "mrr@10"]
     print("| retriever | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for name, m in rows.items():
@@ -206,13 +210,17 @@ def main() -> int:
         print(f"| BM25 {label} queries/s llmlab / bm25s (full score vector per query) | {a:,.0f} / {b:,.0f} = {a / b:.2f}x |")
 
     fusion_study((dense_ours, dense_scores), (sparse["stemmed"], sparse_scores["stemmed"]), gold)
-    recall_curve(dense_ours, sparse["stemmed"], rrf(dense_ours, sparse["stemmed"], depth=20), gold)
+    stemmed = (sparse["stemmed"], sparse_scores["stemmed"])
+    recall_curve({"dense (MiniLM)": dense_ours, "BM25 (stemmed)": sparse["stemmed"],
+                  "hybrid, RRF": rrf(dense_ours, sparse["stemmed"], depth=20),
+                  "hybrid, weighted alpha=0.5 (default)": weighted((dense_ours, dense_scores), stemmed, 0.5, depth=20)},
+                 gold)
     if args.chunking:
         chunk_study(data, ours, args.chunk_articles)
     return 0
 
 
-def recall_curve(dense, bm25, hybrid, gold) -> None:
+def recall_curve(curves: dict[str, np.ndarray], gold: np.ndarray) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,7 +228,7 @@ def recall_curve(dense, bm25, hybrid, gold) -> None:
 
     ks = list(range(1, 21))
     plt.figure(figsize=(6, 4))
-    for name, found in (("dense (MiniLM)", dense), ("BM25 (stemmed)", bm25), ("hybrid RRF", hybrid)):
+    for name, found in curves.items():
         hits = found[:, :20] == gold[:, None]
         plt.plot(ks, [hits[:, :k].any(1).mean() for k in ks], marker="o", ms=3, label=name)
     plt.xlabel("k (paragraphs retrieved)")

@@ -5,7 +5,7 @@ read once for 2 FLOPs, and the step is bound by memory bandwidth (docs/03-infere
 mode on this CPU two things keep it far from that bound:
 
   1. The library GEMM called with one row streams weights slowly: SmolLM2's 1536 x 576 MLP
-     matrices at ~12 GB/s, the 49,152 x 576 output head at ~16 GB/s, on one thread.
+     matrices and its 49,152 x 576 output head at ~17 GB/s on one thread (benchmarks/matvec.py).
   2. ~900 small kernels per token (30 layers x norms, rotary, attention, residuals), each with
      framework overhead.
 
@@ -15,8 +15,8 @@ gpt-fast's recipe answers both, one visible step at a time:
           shapes, so the graph is traced once per cache size and replayed;
   step 2  linear layers in *reduction form* for one row, y[o] = sum_i x[i] * W[o, i], written as
           an elementwise product and a sum. Compiled, that is one loop that streams W and keeps the
-          running sums in registers (measured on one thread: 1536 x 576 at ~32 GB/s, the head at
-          ~37 GB/s, 2-2.7x the library call). bfloat16 weights are upcast inside the loop, so the
+          running sums in registers (one thread: 1536 x 576 at ~32 GB/s, the head at ~42 GB/s,
+          1.8x and 2.4x the library call). bfloat16 weights are upcast inside the loop, so the
           multiply-add runs in float32;
   step 3  attention written out (`attention="explicit"`): SDPA is an opaque library call the
           compiler cannot fuse; softmax(QK^T)V over the static cache becomes part of the graph;
@@ -34,12 +34,15 @@ more than one row (prefill, batches, training) still go through the library GEMM
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmlab.core.errors import LLMLabError
 from llmlab.infer.generate import run_model
 from llmlab.model.transformer import Attention
 
@@ -88,6 +91,11 @@ def prepare_for_compiled_decode(model: nn.Module) -> int:
 
 def compile_decode_step(model: nn.Module) -> Callable[..., torch.Tensor]:
     """Prepare the model and return the compiled `run_model` for `decode_steps(decode_fn=...)`."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
+        # inductor would fail only at the first generation, deep inside its C++ build step
+        raise LLMLabError("compiling the decode step on CPU needs a C++ compiler (g++ or clang++, or set CXX): "
+                          "install one (e.g. apt install g++) or run without --compile")
     prepare_for_compiled_decode(model)
     # One graph per static cache size (powers of two) and batch size; allow more than dynamo's
     # default of 8 before it gives up and falls back to eager.

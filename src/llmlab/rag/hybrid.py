@@ -4,6 +4,12 @@ Reciprocal-rank fusion (Cormack, Clarke & Buettcher 2009): score(d) = sum_r 1 / 
 k = 60. It needs only ranks, so BM25's unbounded scores and cosine similarities never have to be
 put on one scale; a document high in both lists wins. Weighted score fusion instead min-max
 normalises each list's scores to [0, 1] and mixes them with weight `alpha` on the dense side.
+
+Weighted fusion is llmlab's default: it keeps how *much* better the top hit is, which ranks throw
+away. On SQuAD dev (benchmarks/rag_retrieval.py, held-out half) it reached recall@5 0.951 and
+recall@1 0.801 against RRF's 0.929 and 0.732; Bruch, Gai & Ingber (2023, "An Analysis of Fusion
+Functions for Hybrid Retrieval") found the convex combination ahead of RRF in and out of domain. RRF needs no
+weight at all, which is its argument when nothing labelled is at hand.
 """
 
 from __future__ import annotations

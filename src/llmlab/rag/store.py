@@ -208,7 +208,7 @@ class Retriever:
         return list(zip(idx.tolist(), sims.tolist()))
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", ann: bool = False, ef: int = 128,
-               fusion: str = "rrf", alpha: float = 0.5, candidates: int = 100, where: str | None = None,
+               fusion: str = "weighted", alpha: float = 0.5, candidates: int = 100, where: str | None = None,
                query_vec: np.ndarray | None = None) -> list[dict]:
         """Top-k chunks as dicts (id, source, title, text, start, end, window, score), best first.
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -169,9 +169,12 @@ def global_dedup(cfg: PipelineConfig, work_dir: Path, counts: list[int]) -> dict
                                for s in range(len(counts))]).reshape(total, cfg.minhash.num_perm)
         alive = np.nonzero(reason == 0)[0]
 
-        def shingles(local: np.ndarray) -> dict[int, np.ndarray]:  # only candidate pairs' documents
-            docs = _work_documents(work_dir, counts, set(alive[local].tolist()))
-            return {int(i): shingle_hashes(docs[int(alive[i])]["text"], cfg.minhash.shingle_size) for i in local}
+        def shingles(local: np.ndarray) -> dict[int, np.ndarray]:
+            # Only documents in candidate pairs, re-read from the work shards; their shingle
+            # hashes (not their texts) are held for the exact-Jaccard check.
+            position = {int(g): int(i) for i, g in zip(local, alive[local])}
+            return {position[g]: shingle_hashes(d["text"], cfg.minhash.shingle_size)
+                    for g, d in _work_documents(work_dir, counts, set(position))}
 
         keep, roots, pairs = near_duplicates(sigs[alive], cfg.minhash, shingles)
         reason[alive[~keep]] = 2
@@ -220,18 +223,16 @@ def _map(engine: str, workers: int, address: str, fn: Callable, arg_lists: list[
     return results
 
 
-def _work_documents(work_dir: Path, counts: list[int], need: set[int]) -> dict[int, dict]:
-    """{global index: document} for the `need`ed documents of the phase-A work shards (one pass,
-    skipping shards that hold none of them)."""
-    docs: dict[int, dict] = {}
+def _work_documents(work_dir: Path, counts: list[int], need: set[int]) -> Iterator[tuple[int, dict]]:
+    """(global index, document) for the `need`ed documents of the phase-A work shards, in one
+    streaming pass that skips shards holding none of them."""
     start = 0
     for s, c in enumerate(counts):
         if any(start <= j < start + c for j in need):
             for i, d in enumerate(_read_jsonl(work_dir / f"shard-{s:05d}.jsonl.gz")):
                 if start + i in need:
-                    docs[start + i] = d
+                    yield start + i, d
         start += c
-    return docs
 
 
 def _dedup_removals(work_dir: Path, counts: list[int]) -> list[dict[int, tuple[str, str]]]:
@@ -242,7 +243,7 @@ def _dedup_removals(work_dir: Path, counts: list[int]) -> list[dict[int, tuple[s
     if not hit.size:
         return [{} for _ in counts]
     # ids of the documents that removed ones duplicate: read them from the work shards once
-    ids = {g: d["id"] for g, d in _work_documents(work_dir, counts, set(dup_of[hit].tolist())).items()}
+    ids = {g: d["id"] for g, d in _work_documents(work_dir, counts, set(dup_of[hit].tolist()))}
     names = {1: "exact_duplicate", 2: "near_duplicate"}
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     out: list[dict[int, tuple[str, str]]] = [{} for _ in counts]

@@ -45,10 +45,11 @@ class MinHashConfig:
     enabled: bool = field(default=True, metadata={"help": "near-dedup with MinHash + LSH"})
     shingle_size: int = field(default=5, metadata={"help": "words per shingle"})
     num_perm: int = field(default=128, metadata={"help": "hash functions (signature length)"})
-    # 14 x 9: P[candidate] = 0.85 at J = 0.8 and 0.97 at J = 0.9 (9 x 13: 0.47 and 0.93); the
-    # estimated-Jaccard check then removes the extra false candidates (benchmarks/dedup.py).
-    bands: int = field(default=14, metadata={"help": "LSH bands (bands * rows <= num_perm)"})
-    rows: int = field(default=9, metadata={"help": "signature rows per band"})
+    # 20 x 6: P[candidate] = 0.99 at J = 0.8 (14 x 9: 0.87, 9 x 13: 0.47), at the price of more
+    # false candidates (S-curve midpoint ~0.61), which exact verification removes for little
+    # time (benchmarks/dedup.py). With verify = "estimate", 14 x 9 balances its noise better.
+    bands: int = field(default=20, metadata={"help": "LSH bands (bands * rows <= num_perm)"})
+    rows: int = field(default=6, metadata={"help": "signature rows per band"})
     threshold: float = field(default=0.8, metadata={"help": "Jaccard above which two documents are duplicates"})
     verify: str = field(default="exact", metadata={
         "help": "how LSH candidates are confirmed: exact (Jaccard of the shingle sets) or estimate (signature agreement)",
