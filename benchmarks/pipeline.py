@@ -116,16 +116,47 @@ def eval_runs(runs: list[Path], datasets: list[Path], windows: int = 200, seed: 
         print(f"| {run.name} | " + " | ".join(cells) + " |")
 
 
+def write_heldout(curated: Path, out: Path, val_fraction: float = 0.05) -> tuple[int, int]:
+    """The curated validation documents that have no exact or near copy in the *raw* training
+    split (copies carry other ids, so the id-hash split puts many of them in raw train), as one
+    JSONL part in `out`. Returns (curated val documents, documents written)."""
+    import gzip
+    import json
+
+    from llmlab.data.curation.tokenize import is_val
+
+    kept = {}
+    for part in sorted(curated.glob("part-*.jsonl*")):
+        with (gzip.open(part, "rt") if part.suffix == ".gz" else open(part)) as f:
+            kept.update((d["id"], d) for d in map(json.loads, f))
+    val = {i for i in kept if is_val(i, val_fraction)}
+    copied = set()
+    for log in (curated / "removed").glob("part-*.jsonl"):
+        for r in map(json.loads, log.read_text().splitlines()):
+            if r.get("duplicate_of") in val and not is_val(r["id"], val_fraction):
+                copied.add(r["duplicate_of"])
+    out.mkdir(parents=True, exist_ok=True)
+    clean = [kept[i] for i in sorted(val - copied)]
+    (out / "part-00000.jsonl").write_text("".join(json.dumps(d) + "\n" for d in clean))
+    return len(val), len(clean)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--write-input", type=Path, help="only write the benchmark input here (for docs/05 training runs)")
     ap.add_argument("--eval-runs", type=Path, nargs="+", help="with --eval-data: cross-evaluate trained runs")
     ap.add_argument("--eval-data", type=Path, nargs="+", help="token datasets whose val splits to evaluate on")
+    ap.add_argument("--write-heldout", type=Path, nargs=2, metavar=("CURATED", "OUT"),
+                    help="write the curated val documents with no copy in raw train to OUT (JSONL), then stop")
     args = ap.parse_args()
     n = 1500 if args.quick else 6000
     if args.eval_runs:
         eval_runs(args.eval_runs, args.eval_data)
+        return 0
+    if args.write_heldout:
+        n_val, n_clean = write_heldout(*args.write_heldout)
+        print(f"{n_clean} of {n_val} curated val documents have no copy in raw train -> {args.write_heldout[1]}")
         return 0
     if args.write_input:
         print(f"{build_input(args.write_input, n)} documents -> {args.write_input}")

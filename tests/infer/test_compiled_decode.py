@@ -83,3 +83,13 @@ def test_compiled_decode_matches_eager():
     decode_fn = compile_decode_step(model)
     assert tokens(model, PROMPTS, decode_fn) == expected_batch
     assert tokens(model, PROMPTS[:1], decode_fn) == expected_one
+
+
+def test_missing_cpp_compiler_is_a_clear_error(monkeypatch):
+    from llmlab.core.errors import LLMLabError
+    from llmlab.infer import compiled_decode
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compiled_decode.shutil, "which", lambda name: None)
+    with pytest.raises(LLMLabError, match="needs a C\\+\\+ compiler"):
+        compile_decode_step(model_for(LLAMA))
