@@ -70,12 +70,11 @@ def run_transformers(dtype: str, new: int) -> dict:
 def run_llama_cpp(threads: int, new: int) -> dict:
     from llama_cpp import Llama
 
-    from llmlab.core.assets import smollm2_gguf
-    from llmlab.tokenizer import load_tokenizer
+    from llmlab.core.assets import smollm2_gguf  # imports no torch: peak RSS stays llama.cpp's own
     t0 = time.perf_counter()
     llm = Llama(str(smollm2_gguf()), n_ctx=1024, n_threads=threads, verbose=False)
     load_s = time.perf_counter() - t0
-    ids = load_tokenizer("smollm2").encode(prompt_text())[:512]
+    ids = llm.tokenize(prompt_text().encode(), add_bos=False)[:512]  # same ids as our tokenizer (checked)
     t0 = time.perf_counter()
     llm.eval(ids)
     prefill_s = time.perf_counter() - t0
@@ -101,8 +100,9 @@ CONFIGS = {
 
 
 def child(args) -> int:
-    import torch
-    torch.set_num_threads(args.threads)
+    if not args.child.startswith("llama.cpp"):  # llama.cpp gets n_threads; torch would add ~300 MB RSS
+        import torch
+        torch.set_num_threads(args.threads)
     result = CONFIGS[args.child](args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))

@@ -66,7 +66,7 @@ def test_prepared_model_keeps_weights_outputs_and_gradients():
         full = model(prompt)["logits"]
     assert prepare_for_compiled_decode(model) == 2 * 7 + 1
     assert isinstance(model.lm_head, MatvecLinear) and model.lm_head.weight is model.tok_emb.weight
-    assert list(model.state_dict()) == keys and all(b.attn.explicit for b in model.blocks)
+    assert list(model.state_dict()) == keys and all(b.attn.explicit_decode for b in model.blocks)
     assert not any(type(m) is nn.Linear for m in model.modules())
     with torch.no_grad():  # eagerly (the prefill) every row count takes the GEMM: same logits
         torch.testing.assert_close(model(prompt)["logits"], full, rtol=1e-5, atol=1e-5)

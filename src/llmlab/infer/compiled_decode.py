@@ -18,13 +18,14 @@ gpt-fast's recipe answers both, one visible step at a time:
           running sums in registers (one thread: 1536 x 576 at ~32 GB/s, the head at ~42 GB/s,
           1.8x and 2.4x the library call). bfloat16 weights are upcast inside the loop, so the
           multiply-add runs in float32;
-  step 3  attention written out (`attention="explicit"`): SDPA is an opaque library call the
-          compiler cannot fuse; softmax(QK^T)V over the static cache becomes part of the graph;
+  step 3  attention written out for one-token steps (`Attention.explicit_decode`): SDPA is an
+          opaque library call the compiler cannot fuse; softmax(QK^T)V over the static cache
+          becomes part of the graph. The eager prefill keeps SDPA (12% faster there in float32);
   step 4  `torch.compile(fullgraph=True, dynamic=False)` of `llmlab.infer.generate.run_model`.
 
-Measured (SmolLM2-135M, one thread, decode near the start of a 640-slot cache): eager 16 tok/s,
-steps 1+2+4 32 tok/s, all four 36 tok/s float32 and 52 tok/s bfloat16. The full table, at the
-benchmark's 2 threads and 512-token prompt, is in docs/03-inference.md.
+Measured on SmolLM2-135M, 2 threads (benchmarks/inference.py, docs/03-inference.md): decode
+25 -> 65 tok/s in float32 and 37 -> 111 in bfloat16, 2.6x and 3.0x transformers. An ablation on
+one thread with the other core busy: steps 1+2+4 (SDPA kept) 32 tok/s, all four 36.
 
 The first call compiles (tens of seconds; inductor caches kernels on disk, so later runs are
 faster), and each power-of-two cache size compiles once more. Weights are not copied: MatvecLinear
@@ -77,7 +78,7 @@ class MatvecLinear(nn.Module):
 
 
 def prepare_for_compiled_decode(model: nn.Module) -> int:
-    """Steps 2 and 3 in place: MatvecLinear for every nn.Linear, explicit attention. Returns how
+    """Steps 2 and 3 in place: MatvecLinear for every nn.Linear, explicit one-token attention. Returns how
     many linear layers were swapped. Outputs are unchanged up to float rounding (tested)."""
     linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     for name, linear in linears:
@@ -85,7 +86,7 @@ def prepare_for_compiled_decode(model: nn.Module) -> int:
         setattr(model.get_submodule(parent) if parent else model, child, MatvecLinear(linear))
     for module in model.modules():
         if isinstance(module, Attention):
-            module.explicit = True
+            module.explicit_decode = True  # one-token steps only: the eager prefill keeps SDPA
     return len(linears)
 
 

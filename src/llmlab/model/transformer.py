@@ -93,6 +93,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.explicit = config.attention == "explicit"
+        # Set by llmlab.infer.compiled_decode: one-token (decode) steps take the explicit form,
+        # which the compiler fuses into its graph; prompts keep the fused SDPA kernel.
+        self.explicit_decode = False
         self.use_rope = config.position == "rope"
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -112,7 +115,7 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         causal = attn_mask is None
         dropout = self.dropout if self.training else 0.0
-        if self.explicit:
+        if self.explicit or (self.explicit_decode and T == 1):
             y = explicit_attention(q, k, v, attn_mask, causal, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
