@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", help="output directory (overrides the config)")
     run.add_argument("--workers", type=int, help="parallel worker processes (overrides the config)")
     run.add_argument("--engine", choices=["local", "dask"], help="execution engine (overrides the config)")
+    run.add_argument("--format", choices=["jsonl", "parquet"],
+                     help="output part files: jsonl (gzip by default) or parquet (zstd; needs pyarrow) (overrides the config)")
     run.add_argument("--json", action="store_true", help="print the stats as JSON")
     report = sub.add_parser("report", help="markdown + PNG report of a curated directory")
     report.add_argument("directory", type=Path)
@@ -61,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg.execution.workers = args.workers
     if args.engine:
         cfg.execution.engine = args.engine
+    if args.format:
+        cfg.output.format = args.format
     stats = run_pipeline(cfg)
     if args.json:
         print(json.dumps({k: v for k, v in stats.items() if k != "config"}, indent=2))
