@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     history: list[dict] = []
     print(f"chatting with {engine.name} (context {engine.max_context} tokens). /reset, /system TEXT, /quit",
           file=sys.stderr)
+    if args.compile:
+        print("--compile: the first reply (and the first past 256, 512, ... tokens of context) includes compiling "
+              "the decode step, up to a minute", file=sys.stderr)
     while True:
         try:
             line = input("\n> ")
