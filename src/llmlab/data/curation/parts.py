@@ -39,13 +39,13 @@ class JsonlPart:
             self.raw.close()
 
 
-def import_pyarrow():
+def import_pyarrow(what: str = "Parquet files"):
+    """(pyarrow, pyarrow.parquet), or a clear error saying how to install it."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise LLMLabError("output.format = \"parquet\" needs pyarrow: pip install 'llmlab[curation]' "
-                          "(or pip install pyarrow)") from None
+        raise LLMLabError(f"{what} need pyarrow: pip install 'llmlab[curation]' (or pip install pyarrow)") from None
     return pa, pq
 
 
@@ -53,7 +53,7 @@ def parquet_schema(docs):
     """Columns id, text, source, then every other field in first-seen order: strings as string,
     integers as int64, numbers as float64, booleans as bool, anything else as its JSON text
     (null where a document lacks the field). Returns (schema, names of the JSON-text columns)."""
-    pa, _ = import_pyarrow()
+    pa, _ = import_pyarrow('output.format = "parquet" parts')
     base = ("id", "text", "source")
     kinds: dict[str, set] = {}
     for d in docs:
@@ -84,7 +84,7 @@ class ParquetPart:
     """Documents as a zstd Parquet file (row groups of PARQUET_BATCH documents) into `f`."""
 
     def __init__(self, f, schema, as_json: set[str]):
-        self.pa, pq = import_pyarrow()
+        self.pa, pq = import_pyarrow('output.format = "parquet" parts')
         self.schema, self.as_json = schema, as_json
         self.writer = pq.ParquetWriter(f, schema, compression="zstd")
         self.rows: list[dict] = []

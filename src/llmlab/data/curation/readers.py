@@ -20,6 +20,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from llmlab.core.errors import LLMLabError
+from llmlab.data.curation.parts import import_pyarrow
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
@@ -157,11 +158,7 @@ def _read_jsonl(path: Path, text_field: str, errors: InputErrors) -> Iterator[di
 
 
 def _read_parquet(path: Path, text_field: str, errors: InputErrors) -> Iterator[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise LLMLabError(f"{path}: reading Parquet needs pyarrow: pip install 'llmlab[curation]' "
-                          "(or pip install pyarrow)") from None
+    _, pq = import_pyarrow(f"{path}: Parquet inputs")
     try:
         table = pq.ParquetFile(path)
         row = 0

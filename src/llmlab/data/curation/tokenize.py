@@ -33,6 +33,7 @@ import numpy as np
 
 from llmlab.core.errors import LLMLabError
 from llmlab.core.progress import progress
+from llmlab.data.curation.parts import import_pyarrow
 from llmlab.data.tokens import META_FILE, ShardWriter, token_dtype, write_meta
 from llmlab.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict
 
@@ -55,11 +56,7 @@ def curated_files(directory: Path) -> list[Path]:
 
 
 def _iter_parquet(path: Path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise LLMLabError(f"{path}: reading Parquet needs pyarrow: pip install 'llmlab[curation]' "
-                          "(or pip install pyarrow)") from None
+    _, pq = import_pyarrow(f"{path}: Parquet parts")
     try:
         batches = pq.ParquetFile(path).iter_batches(columns=["id", "text"])
         for batch in batches:
