@@ -16,7 +16,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 weights")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the decode step (static KV cache, fused matrix-vector loops): ~2x faster "
+                        help="compile the decode step (static KV cache, fused matrix-vector loops): 2.5-3x faster "
                              "decoding on CPU after a one-time compile of about a minute (docs/03-inference.md)")
     add_config_flags(parser, SamplingConfig, "sampling (SamplingConfig)")
 

@@ -1,9 +1,10 @@
 """Inference: a KV cache, the decode loop, sampling, and the `Engine` facade.
 
-    kv_cache.py   preallocated keys/values per layer, slot-addressed
+    kv_cache.py   preallocated keys/values per layer, slot-addressed, dynamic or static shapes
     sampling.py   SamplingConfig; penalties, temperature, top-k/top-p/min-p
     generate.py   prefill + decode steps for a padded batch; UTF-8-safe streaming with stop strings
     engine.py     Engine.load("smollm2" | .gguf | run dir): generate, stream, chat, batches
+    compiled_decode.py  opt-in (--compile): the decode step as one torch.compile graph
 """
 
 from llmlab.infer.engine import Completion, Engine, load_model

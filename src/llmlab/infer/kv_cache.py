@@ -36,7 +36,7 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.max_len, self.static = max_len, static
         self.length = 0  # slots filled so far (the same for every sequence of the batch)
-        self.write_slots: torch.Tensor | None = None  # static mode: the slots this forward pass writes
+        self.write_slots: torch.Tensor | None = None  # set by begin(): the slots this forward pass writes
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
