@@ -46,9 +46,52 @@ def test_cache_logits_match_step_by_step():
     cache = KVCache(2, 1, 2, 20, 8)
     out = []
     for t in range(20):
-        out.append(model(ids[:, t:t + 1], positions=torch.tensor([t]), kv_cache=cache)["logits"])
+        positions = cache.begin(1)
+        out.append(model(ids[:, t:t + 1], positions=positions, kv_cache=cache, attn_mask=cache.attention_mask())["logits"])
         cache.advance(1)
     torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def chunked_logits(model, rows, chunk, cache_mask=True):
+    """Prefill each row's first tokens (right-padded), then feed `chunk` more tokens per row at once,
+    with the cache's mask, or (cache_mask=False, one row) none: the model's own causal default."""
+    cache = KVCache(model.config.n_layer, len(rows), model.config.n_kv_head, 40, model.config.head_dim)
+    L = max(len(r) for r in rows)
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = torch.tensor([r + [0] * (L - len(r)) for r in rows])
+    cache.begin(L)
+    model(ids, positions=cache.positions, kv_cache=cache, attn_mask=cache.attention_mask())
+    cache.advance(lengths)
+    positions = cache.begin(chunk.size(1))
+    mask = cache.attention_mask() if cache_mask else None
+    return model(chunk, positions=positions, kv_cache=cache, attn_mask=mask)["logits"]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_new_tokens_against_a_filled_cache_see_all_of_it(attention):
+    # T = 4 new queries against S = 9 keys: SDPA's is_causal would align its triangle to the top
+    # left and hide most of the cache from them. Both attention paths must give the logits of a
+    # full recomputation, for one row and for a batch whose rows hold different lengths.
+    model = model_for(LLAMA.replace(attention=attention))
+    chunk = torch.tensor([[7, 3, 9, 11], [4, 4, 2, 8]])
+    rows = [[5, 9, 3, 17, 42], [2, 7]]
+    got = chunked_logits(model, rows, chunk)
+    for b, row in enumerate(rows):
+        full = model(torch.tensor([row + chunk[b].tolist()]))["logits"][0, -4:]
+        torch.testing.assert_close(got[b], full, atol=1e-5, rtol=1e-5)
+    for cache_mask in (True, False):
+        one = chunked_logits(model, rows[:1], chunk[:1], cache_mask)
+        torch.testing.assert_close(one[0], model(torch.tensor([rows[0] + chunk[0].tolist()]))["logits"][0, -4:],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_equals_explicit_attention_with_a_filled_cache():
+    sdpa, explicit = model_for(LLAMA), model_for(LLAMA.replace(attention="explicit"))
+    chunk, rows = torch.tensor([[7, 3, 9], [1, 2, 3]]), [[5, 9, 3, 17, 42, 8], [6]]
+    torch.testing.assert_close(chunked_logits(sdpa, rows, chunk), chunked_logits(explicit, rows, chunk),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked_logits(sdpa, rows[:1], chunk[:1], cache_mask=False),
+                               chunked_logits(explicit, rows[:1], chunk[:1], cache_mask=False), atol=1e-5, rtol=1e-5)
 
 
 @FAMILIES

@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmlab.cli.generate import sampling_from
+    from llmlab.core.errors import LLMLabError
     from llmlab.infer import Engine
 
     print(f"loading {args.model} ...", file=sys.stderr)
@@ -28,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     history: list[dict] = []
     print(f"chatting with {engine.name} (context {engine.max_context} tokens). /reset, /system TEXT, /quit",
           file=sys.stderr)
+    if not engine.has_chat_template:
+        print(f"note: {engine.name} has no chat template of its own; using ChatML, which a base model was "
+              "never trained on (`llmlab generate --raw` sends plain text)", file=sys.stderr)
     if args.compile:
         print("--compile: the first reply (and the first past 256, 512, ... tokens of context) includes compiling "
               "the decode step, up to a minute", file=sys.stderr)
@@ -54,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
         messages = ([{"role": "system", "content": system}] if system else []) + history
         result: dict = {}
         try:
-            for delta in engine.stream(messages, config, raw=False, overflow="truncate", result=result):
+            # overflow="truncate": the oldest whole turns are dropped, never the system prompt
+            for delta in engine.stream(messages, config, overflow="truncate", result=result):
                 sys.stdout.write(delta)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
+            history.pop()
+            continue
+        except LLMLabError as e:
+            print(f"\n(error: {e})", file=sys.stderr)
             history.pop()
             continue
         completion = result["completion"]

@@ -24,7 +24,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="the prompt text")
     parser.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
-    parser.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
+    parser.add_argument("--raw", action="store_true",
+                        help="send the prompt as plain text, without the chat template (models without a "
+                             "template, e.g. base models and our own runs, always get plain text)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, finish_reason, usage, timings")
     parser.add_argument("--overflow", default="error", choices=["error", "truncate"],
                         help="prompt + max tokens beyond the context: error, or drop the oldest prompt tokens")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile)
     config = sampling_from(args)
     result: dict = {}
-    for delta in engine.stream(prompt, config, raw=args.raw, overflow=args.overflow, result=result):
+    for delta in engine.stream(prompt, config, raw=True if args.raw else None, overflow=args.overflow, result=result):
         if not args.json:
             sys.stdout.write(delta)
             sys.stdout.flush()

@@ -1,6 +1,6 @@
 """`Engine`: a model + tokenizer pair that generates text, for the CLI, RAG and serving.
 
-    engine = Engine.load("smollm2")                      # or a .gguf, an llmlab run directory
+    engine = Engine.load("smollm2")        # or any source llmlab.model.source resolves
     engine.generate("Once upon a time", SamplingConfig(max_new_tokens=50, temperature=0))
     for delta in engine.chat_stream([{"role": "user", "content": "Hi"}], SamplingConfig()):
         print(delta, end="")
@@ -18,6 +18,7 @@ from llmlab.core.device import pick_device, pick_dtype
 from llmlab.core.errors import LLMLabError
 from llmlab.infer.generate import StreamState, Timings, decode_steps
 from llmlab.infer.sampling import SamplingConfig
+from llmlab.model.source import ModelSource, load_model
 from llmlab.model.transformer import Transformer
 from llmlab.tokenizer import Tokenizer
 
@@ -41,40 +42,43 @@ class Completion:
         return out
 
 
-def load_model(spec: str | Path) -> tuple[Transformer, Tokenizer, str]:
-    """(model, tokenizer, description) from "smollm2", a .gguf file, a Hugging Face directory
-    (config.json + *.safetensors + tokenizer.json), or an llmlab run directory / checkpoint."""
-    spec = str(spec)
-    if spec == "smollm2" or spec.endswith(".gguf"):
-        from llmlab.core.assets import smollm2_gguf
-        from llmlab.model.gguf import load_gguf_state, open_gguf
-        from llmlab.tokenizer.formats import read_gguf_tokenizer
+@dataclass
+class Reply:
+    """One sequence's reply as its tokens arrive: stop tokens, stop strings, text deltas."""
 
-        path = smollm2_gguf() if spec == "smollm2" else Path(spec)
-        reader = open_gguf(path)  # parsing the metadata takes seconds: do it once for both
-        config, state = load_gguf_state(path, reader)
-        return Transformer.from_state_dict(config, state), read_gguf_tokenizer(path, reader), path.name
-    path = Path(spec)
-    if path.is_dir() and (path / "config.json").is_file() and not (path / "ckpt.pt").exists() \
-            and any(path.glob("*.safetensors")):
-        from llmlab.model.hf import load_hf_model
+    stop_ids: set[int]
+    state: StreamState
+    max_tokens: int
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str = ""                       # "" while running, then "stop" or "length"
 
-        model, tokenizer = load_hf_model(path)
-        if tokenizer is None:
-            raise LLMLabError(f"{path} has weights but no tokenizer (tokenizer.json); add one to generate text")
-        return model, tokenizer, path.name
-    if path.exists():
-        from llmlab.model.checkpoint import load_run_model
-        model, tokenizer, _ = load_run_model(path)
-        return model, tokenizer, path.name
-    raise LLMLabError(f"cannot load model {spec!r}: give smollm2, a .gguf file, a Hugging Face model directory, "
-                      "or an llmlab run directory")
+    def add(self, token: int, logprob: float, token_bytes: bytes) -> str:
+        """Take the next token; return the text it makes safe to show."""
+        if token in self.stop_ids:
+            self.finish = "stop"
+            return self.state.finish()     # nothing can become a stop string any more
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        delta, hit = self.state.feed(token_bytes)
+        if hit:
+            self.finish = "stop"           # the text up to the stop string is already out
+            return delta
+        if len(self.ids) >= self.max_tokens:
+            self.finish = "length"
+            return delta + self.state.finish()
+        return delta
+
+    def completion(self, prompt_tokens: int, with_logprobs: bool, timings: dict) -> Completion:
+        return Completion(self.state.text, self.ids, self.finish or "length", prompt_tokens,
+                          self.logprobs if with_logprobs else None, timings)
 
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: torch.device, name: str = "",
-                 compile: bool = False):
+                 compile: bool = False, source: ModelSource | None = None):
         self.model, self.tokenizer, self.device, self.name = model.eval(), tokenizer, device, name
+        self.source = source
         # compile: decode steps through one compiled graph (llmlab.infer.compiled_decode); the
         # first generation pays the compile time.
         self.decode_fn = None
@@ -86,13 +90,19 @@ class Engine:
     def load(cls, spec: str | Path = "smollm2", device: str = "auto", dtype: str = "float32",
              compile: bool = False) -> "Engine":
         dev = pick_device(device)
-        model, tokenizer, name = load_model(spec)
+        model, tokenizer, source = load_model(spec)
+        if tokenizer is None:
+            raise LLMLabError(f"{source.path} has weights but no tokenizer (tokenizer.json); add one to generate text")
         model = model.to(device=dev, dtype=pick_dtype(dtype))
-        return cls(model, tokenizer, dev, name, compile)
+        return cls(model, tokenizer, dev, source.name, compile, source)
 
     @property
     def max_context(self) -> int:
         return self.model.config.block_size
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     def _stop_ids(self, config: SamplingConfig) -> set[int]:
         ids = set(config.stop_token_ids)
@@ -105,46 +115,62 @@ class Engine:
             return self.tokenizer.decode_bytes([token])
         return self.tokenizer.decode([token]).encode("utf-8")
 
-    def encode_prompt(self, prompt: str | list[int] | list[dict], raw: bool = True) -> list[int]:
-        """Token ids for a prompt: ids as given, text (raw, or wrapped in the chat template), or messages."""
+    def _render(self, messages: list[dict]) -> list[int]:
+        if not hasattr(self.tokenizer, "apply_chat_template"):
+            raise LLMLabError(f"the {self.tokenizer.kind} tokenizer of {self.name} has no chat template; "
+                              "send a raw prompt instead")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return self.tokenizer.encode(text, allowed_special=True)
+
+    def fit_messages(self, messages: list[dict], max_new_tokens: int) -> list[int]:
+        """The chat prompt with the oldest whole turns dropped until it fits the context with room for
+        `max_new_tokens`; the system message is always kept, and the history restarts at a user turn."""
+        budget = self.max_context - max_new_tokens
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        turns = list(messages[len(system):])
+        ids = self._render(system + turns)
+        while len(ids) > budget and len(turns) > 1:
+            turns = turns[1:]
+            while len(turns) > 1 and turns[0].get("role") != "user":
+                turns = turns[1:]
+            ids = self._render(system + turns)
+        if len(ids) > budget:
+            raise LLMLabError(f"the last message ({len(ids)} tokens with the system prompt and template) leaves no room "
+                              f"for {max_new_tokens} new tokens in the context of {self.max_context}: shorten it "
+                              "or lower --max-new-tokens")
+        return ids
+
+    def encode_prompt(self, prompt: str | list[int] | list[dict], raw: bool | None = None,
+                      max_new_tokens: int | None = None) -> list[int]:
+        """Token ids for a prompt: ids as given; text raw or wrapped in the chat template (raw=None:
+        the template when the model has one, so a base model gets its text as is); or messages,
+        fitted by whole turns when max_new_tokens is given (`fit_messages`)."""
         if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
             return list(prompt)
-        if isinstance(prompt, list) or not raw:
-            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            if not hasattr(self.tokenizer, "apply_chat_template"):
-                raise LLMLabError("this model's tokenizer has no chat template; use a raw prompt")
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-            return self.tokenizer.encode(text, allowed_special=True)
-        return self.tokenizer.encode(prompt)
+        if isinstance(prompt, str) and (raw or (raw is None and not self.has_chat_template)):
+            return self.tokenizer.encode(prompt)
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return self.fit_messages(messages, max_new_tokens) if max_new_tokens is not None else self._render(messages)
 
-    def stream(self, prompt: str | list[int] | list[dict], config: SamplingConfig, raw: bool = True,
+    def stream(self, prompt: str | list[int] | list[dict], config: SamplingConfig, raw: bool | None = None,
                overflow: str = "error", result: dict | None = None) -> Iterator[str]:
-        """Yield text deltas. When done, `result` (if given) receives the Completion."""
-        prompt_ids = self.encode_prompt(prompt, raw)
-        stop_ids, state, timings = self._stop_ids(config), StreamState(list(config.stop)), Timings()
-        ids, logprobs, finish = [], [], "length"
-        for step in decode_steps(self.model, [prompt_ids], config, overflow, timings,
-                                 decode_fn=self.decode_fn):
+        """Yield text deltas; they add up to the completion's text. When done, `result` (if given)
+        receives the Completion. overflow="truncate" drops whole old turns from messages, and the
+        oldest tokens from other prompts."""
+        fit = overflow == "truncate" and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
+        prompt_ids = self.encode_prompt(prompt, raw, config.max_new_tokens if fit else None)
+        reply, timings = Reply(self._stop_ids(config), StreamState(list(config.stop)), config.max_new_tokens), Timings()
+        for step in decode_steps(self.model, [prompt_ids], config, overflow, timings, decode_fn=self.decode_fn):
             token = int(step.ids[0])
-            if token in stop_ids:
-                finish = "stop"
-                break
-            ids.append(token)
-            logprobs.append(float(step.logprobs[0]))
-            delta, hit = state.feed(self._token_bytes(token))
+            delta = reply.add(token, float(step.logprobs[0]), self._token_bytes(token))
             if delta:
                 yield delta
-            if hit:
-                finish = "stop"
+            if reply.finish:
                 break
-        tail = state.finish() if finish != "stop" or not state.stop else ""
-        if tail:
-            yield tail
         if result is not None:
-            result["completion"] = Completion(state.text, ids, finish, len(prompt_ids),
-                                              logprobs if config.logprobs else None, timings.as_dict())
+            result["completion"] = reply.completion(len(prompt_ids), config.logprobs, timings.as_dict())
 
-    def generate(self, prompt: str | list[int] | list[dict], config: SamplingConfig, raw: bool = True,
+    def generate(self, prompt: str | list[int] | list[dict], config: SamplingConfig, raw: bool | None = None,
                  overflow: str = "error") -> Completion:
         result: dict = {}
         for _ in self.stream(prompt, config, raw, overflow, result):
@@ -152,23 +178,20 @@ class Engine:
         return result["completion"]
 
     def chat_stream(self, messages: list[dict], config: SamplingConfig) -> Iterator[str]:
-        return self.stream(messages, config, raw=False)
+        return self.stream(messages, config, overflow="truncate")
 
-    def generate_batch(self, prompts: list[str | list[int]], config: SamplingConfig, raw: bool = True) -> list[Completion]:
-        """Several prompts of different lengths in one padded batch (greedy output equals unbatched)."""
+    def generate_batch(self, prompts: list[str | list[int] | list[dict]], config: SamplingConfig | list[SamplingConfig],
+                       raw: bool | None = None) -> list[Completion]:
+        """Several prompts of different lengths in one padded batch (greedy output equals unbatched),
+        each with its own SamplingConfig if a list is given: stop strings, logprobs, max tokens."""
+        configs = config if isinstance(config, list) else [config] * len(prompts)
         encoded = [self.encode_prompt(p, raw) for p in prompts]
-        stop_ids, timings = self._stop_ids(config), Timings()
-        outputs: list[list[int]] = [[] for _ in encoded]
-        finished = [""] * len(encoded)
-        for step in decode_steps(self.model, encoded, config, "error", timings, decode_fn=self.decode_fn):
-            for b, token in enumerate(step.ids.tolist()):
-                if finished[b]:
-                    continue
-                if token in stop_ids:
-                    finished[b] = "stop"
-                else:
-                    outputs[b].append(token)
-            if all(finished):
+        replies = [Reply(self._stop_ids(c), StreamState(list(c.stop)), c.max_new_tokens) for c in configs]
+        timings = Timings()
+        for step in decode_steps(self.model, encoded, configs, "error", timings, decode_fn=self.decode_fn):
+            for b, (token, logprob) in enumerate(zip(step.ids.tolist(), step.logprobs.tolist())):
+                if not replies[b].finish:
+                    replies[b].add(token, logprob, self._token_bytes(token))
+            if all(r.finish for r in replies):
                 break
-        return [Completion(self.tokenizer.decode(out), out, finished[b] or "length", len(encoded[b]),
-                           timings=timings.as_dict()) for b, out in enumerate(outputs)]
+        return [r.completion(len(encoded[b]), configs[b].logprobs, timings.as_dict()) for b, r in enumerate(replies)]

@@ -1,13 +1,13 @@
 """Prefill, then decode one token at a time through the KV cache; batches of prompts of any length.
 
-    prefill   the whole (left-padded) prompt batch in one forward pass: fills the cache, gives the
+    prefill   the whole (right-padded) prompt batch in one forward pass: fills the cache, gives the
               logits for the first new token. Compute-bound: big matrix-matrix products.
     decode    one token per sequence per step: each step reads every weight once for a handful of
               FLOPs per byte, so it is memory-bandwidth-bound (docs/03-inference.md).
 
-Batches are left-padded so that every sequence's newest token sits in the same slot; the mask
-hides pad slots and RoPE positions count from each sequence's own first real token, so a sequence
-gets the same logits in a batch as alone (`test_batched_equals_unbatched`).
+Batches are right-padded: each sequence's tokens sit at cache positions 0, 1, 2, ... of its own
+row, the cache keeps a length per row, and each row's logits are read at its own last token, so a
+sequence gets the same logits in a batch as alone (`test_batched_equals_unbatched`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from llmlab.core.errors import LLMLabError
 from llmlab.infer.kv_cache import KVCache
-from llmlab.infer.sampling import SamplingConfig, sample_next
+from llmlab.infer.sampling import RowSampling, SamplingConfig, sample_next
 
 OVERFLOW = ("error", "truncate", "shift")
 
@@ -46,21 +46,27 @@ class Timings:
                 "prefill_s": self.prefill_s, "decode_s": self.decode_s}
 
 
-def run_model(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor) -> torch.Tensor:
-    """The model on new tokens ids (B, T) whose cache slots are set (`cache.begin`): logits of the
-    last one (B, V). RoPE positions count from each sequence's first real token (slot - padding).
-    This is the function `llmlab.infer.compiled_decode` compiles for decode steps."""
-    positions = (cache.write_slots[None, :] - pad[:, None]).clamp(min=0)
-    return model(ids, positions=positions, kv_cache=cache, attn_mask=cache.attention_mask(pad),
-                 last_only=True)["logits"][:, -1]
+def run_model(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache,
+              last_index: torch.Tensor | None = None) -> torch.Tensor:
+    """The model on new tokens ids (B, T) whose cache positions are set (`cache.begin`): the logits
+    (B, V) of each row's last real token, at `last_index[b]` (right-padded rows end at different
+    places), or at T - 1. This is the function `llmlab.infer.compiled_decode` compiles for decode steps."""
+    out = model(ids, positions=cache.positions, kv_cache=cache, attn_mask=cache.attention_mask(),
+                last_only=last_index is None, logits_index=last_index)
+    return out["logits"][:, -1]
 
 
-def forward_step(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor,
+def forward_step(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, lengths: torch.Tensor | None = None,
                  step_fn: Callable[..., torch.Tensor] = run_model) -> torch.Tensor:
-    """Run new tokens through the model, filling the next cache slots; return the last logits."""
+    """Run new tokens through the model, filling the next cache slots; return each row's last logits.
+    lengths (B,): how many of the T tokens of each row are real (right padding); None: all T."""
     cache.begin(ids.size(1))
-    logits = step_fn(model, ids, cache, pad)
-    cache.advance(ids.size(1))
+    if lengths is None:
+        logits = step_fn(model, ids, cache)
+        cache.advance(ids.size(1))
+    else:
+        logits = step_fn(model, ids, cache, lengths - 1)
+        cache.advance(lengths)
     return logits
 
 
@@ -94,48 +100,61 @@ def fit_prompts(prompts: list[list[int]], max_new_tokens: int, context: int, ove
 
 
 @torch.no_grad()
-def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: SamplingConfig,
+def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: SamplingConfig | list[SamplingConfig],
                  overflow: str = "error", timings: Timings | None = None,
                  cache_dtype: torch.dtype | None = None,
                  decode_fn: Callable[..., torch.Tensor] | None = None) -> Iterator[Step]:
-    """Yield the next token of every sequence, step after step, up to config.max_new_tokens.
+    """Yield the next token of every sequence, step after step, up to max_new_tokens.
     The caller stops early (break) when every sequence has finished.
 
+    config: one SamplingConfig for all prompts, or one per prompt (the batch then runs for the
+    largest max_new_tokens; a caller cuts each row at its own).
     decode_fn: a compiled `run_model` (llmlab.infer.compiled_decode) for the one-token steps;
     it needs the static cache. The prefill always runs eagerly (prompt lengths vary)."""
     model.eval()
     c = model.config
     device = next(model.parameters()).device
-    prompts = fit_prompts(prompts, config.max_new_tokens, c.block_size, overflow)
+    configs = config if isinstance(config, list) else [config] * len(prompts)
+    if len(configs) != len(prompts):
+        raise LLMLabError(f"{len(configs)} sampling configs for {len(prompts)} prompts: give one per prompt")
+    max_new_tokens = max(cfg.max_new_tokens for cfg in configs)
+    prompts = fit_prompts(prompts, max_new_tokens, c.block_size, overflow)
     if overflow == "shift" and len(prompts) > 1:
         raise LLMLabError("the shift overflow policy works on one sequence at a time")
     B, L = len(prompts), max(len(p) for p in prompts)
-    pad = torch.tensor([L - len(p) for p in prompts], device=device)
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
-    history = torch.tensor([[-1] * (L - len(p)) + p for p in prompts], device=device)
+    # Right padding: row b's prompt takes cache positions 0 .. len-1 and its new tokens follow
+    # directly (llmlab.infer.kv_cache explains why the pad slots need no mask).
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    ids = torch.tensor([p + [0] * (L - len(p)) for p in prompts], device=device)
+    history = torch.tensor([p + [-1] * (L - len(p)) for p in prompts], device=device)
     static = decode_fn is not None
-    cache = KVCache(c.n_layer, B, c.n_kv_head, cache_length(L + config.max_new_tokens, c.block_size, static),
+    cache = KVCache(c.n_layer, B, c.n_kv_head, cache_length(L + max_new_tokens, c.block_size, static),
                     c.head_dim, cache_dtype or next(model.parameters()).dtype, device, static=static)
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    if isinstance(config, list):
+        sampling = RowSampling.for_rows(configs, device)
+    else:  # one generator drawn by every row in turn, as a batch of one request expects
+        generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        sampling = RowSampling.for_rows(configs, device, [generator] * B)
     timings = timings if timings is not None else Timings()
 
     t0 = time.perf_counter()
-    logits = forward_step(model, ids, cache, pad)                       # prefill
-    timings.prefill_tokens, timings.prefill_s = B * L, time.perf_counter() - t0
-    for _ in range(config.max_new_tokens):
-        next_ids, logprobs = sample_next(logits, config, history, generator)
+    logits = forward_step(model, ids, cache, lengths if B > 1 else None)  # prefill
+    timings.prefill_tokens, timings.prefill_s = int(lengths.sum()), time.perf_counter() - t0
+    for step in range(max_new_tokens):
+        next_ids, logprobs = sample_next(logits, sampling, history)
         yield Step(next_ids, logprobs)
+        if step == max_new_tokens - 1:
+            break  # the last token needs no forward pass of its own
         history = torch.cat([history, next_ids[:, None]], dim=1)
         t0 = time.perf_counter()
-        if cache.length == cache.max_len:
+        if cache.filled == cache.max_len:
             # "shift": the context is full. Keep the newest half and prefill it again (positions
             # restart at 0), trading one re-prefill for unbounded generation in a small model.
             keep = history[0, -(c.block_size // 2):].tolist()
             cache.reset()
-            pad = torch.zeros(1, dtype=torch.long, device=device)
-            logits = forward_step(model, torch.tensor([keep], device=device), cache, pad)
+            logits = forward_step(model, torch.tensor([keep], device=device), cache)
         else:
-            logits = forward_step(model, next_ids[:, None], cache, pad, decode_fn or run_model)  # decode
+            logits = forward_step(model, next_ids[:, None], cache, step_fn=decode_fn or run_model)  # decode
         timings.decode_tokens += B
         timings.decode_s += time.perf_counter() - t0
 

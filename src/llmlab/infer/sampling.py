@@ -27,51 +27,96 @@ class SamplingConfig:
     logprobs: bool = field(default=False, metadata={"help": "return the log-probability of each chosen token"})
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
-    """Set the logits of excluded tokens to -inf. top-p is nucleus sampling (Holtzman et al. 2020,
-    arXiv:1904.09751); min-p keeps tokens with p >= min_p * p_max (Nguyen et al. 2024, arXiv:2407.01082)."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        drop_sorted = probs.cumsum(-1) - probs >= top_p   # the tokens before already reach top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    if min_p > 0.0:
-        probs = logits.softmax(-1)
-        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
-    return logits
+@dataclass
+class RowSampling:
+    """Per-row sampling parameters as (B,) tensors, so one batch can mix requests: a greedy row
+    beside a sampled one, each with its own temperature, filters, penalties and random generator.
+    Built once per batch (`for_rows`), not per step; the flags say which stages any row uses, so
+    a batch that needs no sort or penalty pays for none."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    frequency_penalty: torch.Tensor
+    generators: list[torch.Generator | None]
+    uses: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_rows(cls, configs: list[SamplingConfig], device: torch.device | str = "cpu",
+                 generators: list[torch.Generator | None] | None = None) -> "RowSampling":
+        def column(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([getattr(c, name) for c in configs], dtype=dtype, device=device)
+
+        if generators is None:
+            generators = [torch.Generator().manual_seed(c.seed) if c.seed is not None else None for c in configs]
+        uses = {name for name, on in (
+            ("sample", any(c.temperature > 0 for c in configs)),
+            ("top_k", any(c.top_k > 0 and c.temperature > 0 for c in configs)),
+            ("top_p", any(c.top_p < 1.0 and c.temperature > 0 for c in configs)),
+            ("min_p", any(c.min_p > 0.0 and c.temperature > 0 for c in configs)),
+            ("penalty", any(c.repetition_penalty != 1.0 or c.frequency_penalty != 0.0 for c in configs))) if on}
+        return cls(column("temperature", torch.float32), column("top_k", torch.long), column("top_p", torch.float32),
+                   column("min_p", torch.float32), column("repetition_penalty", torch.float32),
+                   column("frequency_penalty", torch.float32), list(generators), frozenset(uses))
 
 
-def apply_penalties(logits: torch.Tensor, history: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int | torch.Tensor = 0, top_p: float | torch.Tensor = 1.0,
+                  min_p: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Set the logits of excluded tokens to -inf, per row (each argument a number or a (B,) tensor).
+    top-p is nucleus sampling (Holtzman et al. 2020, arXiv:1904.09751), applied after top-k;
+    min-p keeps tokens with p >= min_p * p_max (Nguyen et al. 2024, arXiv:2407.01082)."""
+    B, V = logits.shape
+    as_col = lambda value, dtype: torch.as_tensor(value, dtype=dtype, device=logits.device).expand(B)[:, None]
+    top_k, top_p, min_p = as_col(top_k, torch.long), as_col(top_p, torch.float32), as_col(min_p, torch.float32)
+    # One descending sort serves all three filters; the verdicts are scattered back at the end.
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    rank = torch.arange(V, device=logits.device)[None, :]
+    drop = (top_k > 0) & (rank >= top_k)
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
+    drop |= (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)   # the tokens before already reach top_p
+    drop |= probs < min_p * probs[:, :1]                           # probs[:, 0] is each row's top token
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+def apply_penalties(logits: torch.Tensor, history: torch.Tensor, config: SamplingConfig | RowSampling) -> torch.Tensor:
     """history (B, N) ids already in the sequence (prompt + generated), -1 for padding."""
-    if config.repetition_penalty == 1.0 and config.frequency_penalty == 0.0:
+    if isinstance(config, SamplingConfig):
+        config = RowSampling.for_rows([config], logits.device, generators=[None])
+    if "penalty" not in config.uses:
         return logits
-    vocab = logits.size(-1)
     counts = torch.zeros_like(logits)
-    valid = history >= 0
-    counts.scatter_add_(1, history.clamp(min=0), valid.to(logits.dtype))
+    counts.scatter_add_(1, history.clamp(min=0), (history >= 0).to(logits.dtype))
     seen = counts > 0
-    if config.repetition_penalty != 1.0:
-        penalised = torch.where(logits > 0, logits / config.repetition_penalty, logits * config.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if config.frequency_penalty:
-        logits = logits - config.frequency_penalty * counts[:, :vocab]
-    return logits
+    rep = config.repetition_penalty[:, None].to(logits.device)
+    # CTRL's penalty (Keskar et al. 2019): shrink a seen token's logit towards "less likely".
+    penalised = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalised, logits)
+    return logits - config.frequency_penalty[:, None].to(logits.device) * counts
 
 
-def sample_next(logits: torch.Tensor, config: SamplingConfig, history: torch.Tensor | None = None,
+def sample_next(logits: torch.Tensor, config: SamplingConfig | RowSampling, history: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, V) logits -> (next ids (B,), their log-probabilities under the final distribution (B,))."""
+    """(B, V) logits -> (next ids (B,), their log-probabilities under the final distribution (B,)).
+
+    config: one SamplingConfig for every row (with `generator`), or per-row `RowSampling`."""
+    if isinstance(config, SamplingConfig):
+        config = RowSampling.for_rows([config] * logits.size(0), logits.device, [generator] * logits.size(0))
     logits = logits.float()
     if history is not None:
         logits = apply_penalties(logits, history, config)
-    if config.temperature <= 0:
-        next_ids = logits.argmax(-1)
-        logprobs = logits.log_softmax(-1)
-    else:
-        logits = filter_logits(logits / config.temperature, config.top_k, config.top_p, config.min_p)
-        logprobs = logits.log_softmax(-1)
-        next_ids = torch.multinomial(logprobs.exp().cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+    next_ids = logits.argmax(-1)
+    logprobs = logits.log_softmax(-1)
+    if "sample" in config.uses:
+        sampled = config.temperature.to(logits.device) > 0
+        temperature = torch.where(sampled, config.temperature.to(logits.device), 1.0)[:, None]
+        scaled = logits / temperature
+        if config.uses & {"top_k", "top_p", "min_p"}:
+            scaled = filter_logits(scaled, config.top_k, config.top_p, config.min_p)
+        sampled_logprobs = scaled.log_softmax(-1)
+        probs = sampled_logprobs.exp().cpu()
+        for b in sampled.nonzero().flatten().tolist():
+            next_ids[b] = int(torch.multinomial(probs[b], 1, generator=config.generators[b]))
+        logprobs = torch.where(sampled[:, None], sampled_logprobs, logprobs)
     return next_ids, logprobs.gather(-1, next_ids[:, None]).squeeze(1)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.model.config import ModelConfig
+from llmlab.model.masks import bottom_right_causal
 
 # ----------------------------------------------------------------------------- norms
 
@@ -100,7 +101,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCacheLike | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (output (B, T, C), weights). attn_mask (B or 1, 1, T, S) bool, True = may
+        attend; None is causal attention. return_weights: route to the explicit path and return its
+        (B, H, T, S) softmax weights (SDPA never materialises them); else weights is None."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -113,29 +118,34 @@ class Attention(nn.Module):
         if self.n_kv_head != self.n_head:
             repeat = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        causal = attn_mask is None
         dropout = self.dropout if self.training else 0.0
-        if self.explicit or (self.explicit_decode and T == 1):
-            y = explicit_attention(q, k, v, attn_mask, causal, dropout)
+        S = k.size(2)
+        if attn_mask is None and S != T:
+            # New queries against a filled cache: they are the last T of S positions. SDPA's
+            # is_causal aligns its triangle to the top left, which would hide most of the cache
+            # from them, so the bottom-right mask is given explicitly.
+            attn_mask = bottom_right_causal(T, S, q.device)
+        weights = None
+        if self.explicit or return_weights or (self.explicit_decode and T == 1):
+            y, weights = explicit_attention(q, k, v, attn_mask, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
-                                               is_causal=causal and T > 1)
+                                               is_causal=attn_mask is None and T > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)          # (B, T, H*D)
-        return F.dropout(self.wo(y), dropout, self.training)
+        return F.dropout(self.wo(y), dropout, self.training), (weights if return_weights else None)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                       causal: bool, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(D) + mask) V, written out (Vaswani et al. 2017). Same result as SDPA."""
+                       dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(D) + mask) V, written out (Vaswani et al. 2017); the same result as SDPA.
+    attn_mask None means causal over T queries and T keys. Returns (output, weights (B, H, T, S))."""
     T, S = q.size(-2), k.size(-2)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))                   # (B, H, T, S)
-    if causal:
-        # Query t (the t-th of the last T positions) may see keys 0 .. S-T+t.
-        attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-    weights = F.dropout(scores.softmax(dim=-1), dropout, dropout > 0)
-    return weights @ v                                                           # (B, H, T, D)
+    if attn_mask is None:
+        attn_mask = bottom_right_causal(T, S, q.device)
+    scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return F.dropout(weights, dropout, dropout > 0) @ v, weights                  # (B, H, T, D)
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -172,9 +182,11 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope, kv_cache=None, positions=None, attn_mask=None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, kv_cache, positions, attn_mask)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, rope, kv_cache=None, positions=None, attn_mask=None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.attn_norm(x), rope, kv_cache, positions, attn_mask, return_weights)
+        x = x + attended
+        return x + self.mlp(self.mlp_norm(x)), weights
 
 
 class Transformer(nn.Module):
@@ -236,14 +248,20 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, kv_cache: KVCacheLike | None = None,
                 attn_mask: torch.Tensor | None = None, return_hidden_states: bool = False,
-                last_only: bool = False) -> dict[str, Any]:
+                return_attention: bool = False, last_only: bool = False,
+                logits_index: torch.Tensor | None = None) -> dict[str, Any]:
         """idx (B, T) token ids -> {"logits": (B, T, V), "loss": scalar if targets, ...}.
 
         positions (B, T) or (T,): absolute positions of the tokens (default 0..T-1; with a KV cache,
         the engine passes where the new tokens sit). attn_mask (B, 1, T, S) bool, True = may attend;
-        None means plain causal attention. Targets equal to -100 are ignored by the loss.
-        last_only: logits for the last position only (generation needs no more; for a 512-token
-        prompt this skips ~20% of SmolLM2's prefill FLOPs, spent in the 49k-wide output head).
+        None means causal attention (llmlab.model.masks builds the others). Targets equal to -100
+        are ignored by the loss.
+        last_only: logits for the last position only; logits_index (B,): for position
+        logits_index[b] of each row only (right-padded prompts end at different places). Generation
+        needs no more, and for a 512-token prompt this skips ~20% of SmolLM2's prefill FLOPs, spent
+        in the 49k-wide output head. Both give logits (B, 1, V).
+        return_hidden_states: the residual stream entering each block, and the final normed one.
+        return_attention: each layer's (B, H, T, S) attention weights (computed by the explicit path).
         """
         B, T = idx.shape
         if positions is None:
@@ -259,15 +277,23 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[positions].view(-1, 1, T, self.rope_cos.size(-1)),
                     self.rope_sin[positions].view(-1, 1, T, self.rope_sin.size(-1)))
         x = F.dropout(x, self.config.dropout, self.training)
-        hidden_states = []
+        hidden_states, attentions = [], []
         for block in self.blocks:
             if return_hidden_states:
                 hidden_states.append(x)
-            x = block(x, rope, kv_cache, positions, attn_mask)
+            x, weights = block(x, rope, kv_cache, positions, attn_mask, return_attention)
+            if return_attention:
+                attentions.append(weights)
         x = self.final_norm(x)
-        out: dict[str, Any] = {"logits": self.lm_head(x[:, -1:] if last_only else x)}
+        if logits_index is not None:
+            head_input = x[torch.arange(B, device=x.device), logits_index][:, None]    # (B, 1, C)
+        else:
+            head_input = x[:, -1:] if last_only else x
+        out: dict[str, Any] = {"logits": self.lm_head(head_input)}
         if return_hidden_states:
             out["hidden_states"] = hidden_states + [x]
+        if return_attention:
+            out["attentions"] = attentions
         if targets is not None:
             logits = out["logits"]
             out["loss"] = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
@@ -290,5 +316,9 @@ class Transformer(nn.Module):
         attention's QK^T and AV products, 6 * 2 * L * T * H * D (Kaplan et al. 2020; PaLM app. B)."""
         c = self.config
         T = seq_len or c.block_size
-        matmul_weights = self.num_params(non_embedding=True) + c.vocab_size * c.n_embd  # + the output head
+        # num_params(non_embedding) already holds an untied head; a tied one is the embedding table,
+        # which is dropped there but is still a matmul here.
+        matmul_weights = self.num_params(non_embedding=True)
+        if c.tie_embeddings:
+            matmul_weights += c.vocab_size * c.n_embd
         return 6.0 * matmul_weights + 12.0 * c.n_layer * T * c.n_head * c.head_dim
