@@ -54,8 +54,24 @@ def load_checkpoint(run_or_file: str | Path, name: str = CHECKPOINT) -> dict[str
     return state
 
 
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str = "the checkpoint") -> None:
+    """Load state["model"] into `model`. A checkpoint with a "base" holds only the weights that were
+    trained (the model was built from that base first); any other must hold every weight."""
+    weights = state["model"]
+    expected = model.state_dict()
+    for name, tensor in weights.items():
+        if name in expected and expected[name].shape != tensor.shape:
+            raise LLMLabError(f"{where}: tensor {name} has shape {tuple(tensor.shape)}, the model built from its config "
+                              f"expects {tuple(expected[name].shape)}; the file does not belong to this config")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or (missing and "base" not in state):
+        raise LLMLabError(f"{where} does not fit its model config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
 def load_run_model(run_or_file: str | Path, prefer_best: bool = True):
-    """(Transformer, Tokenizer, state) from a run directory (best.pt, else ckpt.pt) or a checkpoint file."""
+    """(Transformer, Tokenizer, state) from a run directory (best.pt, else ckpt.pt) or a checkpoint file.
+    A checkpoint of a run that froze part of a base model names that base: it is loaded first (through
+    llmlab.model.source), its content hash checked, and the trained weights put on top."""
     from llmlab.core.config import config_from_dict
     from llmlab.model.config import ModelConfig
     from llmlab.model.transformer import Transformer
@@ -64,10 +80,25 @@ def load_run_model(run_or_file: str | Path, prefer_best: bool = True):
     path = Path(run_or_file)
     name = BEST if prefer_best and path.is_dir() and (path / BEST).is_file() else CHECKPOINT
     state = load_checkpoint(path, name)
+    where = str(checkpoint_path(path, name))
     try:
-        model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
-        model.load_state_dict(state["model"])
+        if "base" in state:
+            model = load_base(state["base"], where)
+        else:
+            model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
+        load_model_state(model, state, where)
         tokenizer = tokenizer_from_dict(state["tokenizer"])
     except KeyError as e:
-        raise LLMLabError(f"{checkpoint_path(path, name)} lacks {e}: it was not written by `llmlab train`") from None
+        raise LLMLabError(f"{where} lacks {e}: it was not written by `llmlab train`") from None
     return model, tokenizer, state
+
+
+def load_base(base: dict[str, Any], where: str):
+    """The base model a checkpoint names ({"spec", "sha256", ...}), refusing one whose bytes changed."""
+    from llmlab.model.source import load_model, resolve_source
+
+    source = resolve_source(base["spec"])
+    if base.get("sha256") and source.fingerprint() != base["sha256"]:
+        raise LLMLabError(f"{where} was trained on top of {base['spec']} with sha256 {base['sha256'][:12]}..., but "
+                          f"{source.path} now has other contents; restore that base model to load this run")
+    return load_model(source)[0]

@@ -77,8 +77,11 @@ def resolve_source(spec: str | Path) -> ModelSource:
         return ModelSource(text, "hf", path)
     if path.is_file() or (path.is_dir() and any((path / n).is_file() for n in ("ckpt.pt", "best.pt"))):
         return ModelSource(text, "run", path)
-    what = "is a directory without model files" if path.is_dir() else "does not exist"
-    raise LLMLabError(f"cannot load model {text!r}: it {what}. Give smollm2, a .gguf file, a Hugging Face "
+    if path.is_dir():
+        raise LLMLabError(f"cannot load model {text!r}: the directory holds no checkpoint yet (a run writes ckpt.pt "
+                          "every --ckpt-every steps, at the end and on Ctrl-C) and is not a Hugging Face model "
+                          "directory (config.json + *.safetensors)")
+    raise LLMLabError(f"cannot load model {text!r}: it does not exist. Give smollm2, a .gguf file, a Hugging Face "
                       "model directory (config.json + *.safetensors), or an llmlab run directory (ckpt.pt / best.pt)")
 
 

@@ -44,25 +44,48 @@ def load_data(run: RunConfig) -> TokenDataset:
     return prepare_dataset(run.data.data, run.data.data_file, run.data.tokenizer, run.data.val_fraction)
 
 
-def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer, TokenDataset, torch.device]:
-    """Everything a run needs, in the order it is needed. Model init happens right after seeding,
-    so the same seed gives the same initial weights whatever else changed."""
+def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer, TokenDataset, torch.device, dict | None]:
+    """Everything a run needs, in the order it is needed: (model, data, device, base). Model init
+    happens right after seeding, so the same seed gives the same initial weights whatever else
+    changed. With `run.init`, the weights, model config and tokenizer come from that pretrained
+    model (llmlab.model.source) and `base` records which one (its content hash included)."""
     device = pick_device(run.train.device)
     setup_backends(device)
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
+    base, pretrained = None, None
+    if run.init:
+        from llmlab.model.source import load_model, resolve_source
+
+        source = resolve_source(run.init)
+        pretrained, tokenizer, _ = load_model(source)
+        base = source.as_dict()
+        if resume_state is not None and resume_state.get("base", base)["sha256"] != base["sha256"]:
+            raise LLMLabError(f"{run.init} has changed since this run started from it (sha256 differs); "
+                              "restore the original to resume")
+        if run.train.seq_len is None:  # the preset's window, not the pretrained model's whole context
+            run.train = dataclasses.replace(run.train, seq_len=min(run.model.block_size, pretrained.config.block_size))
+        run.model = pretrained.config
+        if run.data.tokenizer == "char":
+            run.data = dataclasses.replace(run.data, tokenizer=run.init)
     data = load_data(run)
     vocab = data.tokenizer.vocab_size
     if run.model.vocab_size < vocab:  # 0 means "take it from the tokenizer"; larger pads (e.g. 50304)
         if run.model.vocab_size:
             raise LLMLabError(f"--vocab-size {run.model.vocab_size} is smaller than the tokenizer's {vocab} ids")
         run.model = run.model.replace(vocab_size=vocab)
-    if data.num_tokens("val") <= run.model.block_size + 1:
-        raise LLMLabError(f"the val split has {data.num_tokens('val')} tokens, not enough for --block-size "
-                          f"{run.model.block_size}; use a smaller block size or a larger --val-fraction")
+    if run.seq_len > run.model.block_size:
+        raise LLMLabError(f"--seq-len {run.seq_len} exceeds the model's context of {run.model.block_size} tokens")
+    if data.num_tokens("val") <= run.seq_len + 1:
+        raise LLMLabError(f"the val split has {data.num_tokens('val')} tokens, not enough for sequences of "
+                          f"{run.seq_len}; use a smaller --block-size / --seq-len or a larger --val-fraction")
     seed_everything(run.train.seed)
-    model = Transformer(run.model).to(device)
-    return model, data, device
+    if pretrained is not None:
+        pretrained.config = run.model    # vocab_size may have been filled in above; the shapes agree
+        model = pretrained.to(device)
+    else:
+        model = Transformer(run.model).to(device)
+    return model, data, device, base
 
 
 def start(run: RunConfig, run_dir: Path) -> LoopState:
@@ -70,11 +93,15 @@ def start(run: RunConfig, run_dir: Path) -> LoopState:
         raise LLMLabError(f"{run_dir} already holds a run: continue it with `llmlab train --resume {run_dir}` "
                           "or choose a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, data, device = build(run)
-    write_run_config(run_dir, run, _facts(model, data))
-    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device)
+    model, data, device, base = build(run)
+    write_run_config(run_dir, run, _facts(model, data, base))
+    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, base=base)
     _announce(trainer, data, run_dir)
     return trainer.fit()
+
+
+RESUME_MAY_CHANGE = {"max_iters", "lr_decay_iters", "max_time", "eval_every", "ckpt_every", "log_every", "diag_every",
+                     "sample_every", "early_stop_patience", "device", "compile", "threads", "tensorboard", "wandb"}
 
 
 def resume(run_dir: Path, overrides: dict) -> LoopState:
@@ -82,22 +109,29 @@ def resume(run_dir: Path, overrides: dict) -> LoopState:
     rest must match, or the continuation would not be the same run."""
     state = load_checkpoint(run_dir)
     run = RunConfig.from_dict(state["config"])
-    allowed = {"max_iters", "lr_decay_iters", "max_time", "eval_every", "ckpt_every", "log_every", "diag_every", "sample_every",
-               "early_stop_patience", "device", "compile", "threads", "tensorboard", "wandb"}
-    refused = sorted(set(overrides) - allowed)
+    refused = sorted(set(overrides) - RESUME_MAY_CHANGE)
     if refused:
-        raise LLMLabError(f"cannot change {', '.join(refused)} when resuming (only {', '.join(sorted(allowed))}); "
+        raise LLMLabError(f"cannot change {', '.join(refused)} when resuming (only {', '.join(sorted(RESUME_MAY_CHANGE))}); "
                           "start a new run with --out instead")
+    old = run.train
     run.train = dataclasses.replace(run.train, **overrides)
-    model, data, device = build(run, resume_state=state)
-    write_run_config(run_dir, run, _facts(model, data))
-    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, resume_state=state)
+    if "max_iters" in overrides and old.lr_decay_iters is None and old.max_iters and "lr_decay_iters" not in overrides \
+            and run.train.max_iters != old.max_iters:
+        # The cosine schedule's horizon is max_iters: changing it on resume would silently jump the
+        # learning rate. Keep the original schedule (past its end the rate stays at min_lr).
+        run.train = dataclasses.replace(run.train, lr_decay_iters=old.max_iters)
+        print(f"note: keeping the learning-rate schedule of the original run (cosine over {old.max_iters} steps; "
+              f"past it the rate stays at min_lr {run.train.min_lr:g}); pass --lr-decay-iters "
+              f"{run.train.max_iters} to stretch the decay to the new budget instead", file=sys.stderr)
+    model, data, device, base = build(run, resume_state=state)
+    write_run_config(run_dir, run, _facts(model, data, base))
+    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, resume_state=state, base=base)
     _announce(trainer, data, run_dir, resumed_at=trainer.state.step)
     return trainer.fit()
 
 
-def _facts(model: Transformer, data: TokenDataset) -> dict:
-    return {"llmlab_version": llmlab.__version__, "n_params": model.num_params(),
+def _facts(model: Transformer, data: TokenDataset, base: dict | None) -> dict:
+    return {"llmlab_version": llmlab.__version__, "n_params": model.num_params(), "base": base,
             "data_dir": str(data.directory), "train_tokens": data.num_tokens("train"),
             "val_tokens": data.num_tokens("val"), "data_source": data.meta.get("source", {})}
 
@@ -115,5 +149,6 @@ def _announce(trainer: Trainer, data: TokenDataset, run_dir: Path, resumed_at: i
           f"{m.n_embd} wide, {m.position}/{m.norm}/{m.mlp}), context {m.block_size}, vocab {m.vocab_size}\n"
           f"  data   {data.num_tokens('train'):,} train / {data.num_tokens('val'):,} val tokens "
           f"({_source_name(data)})\n"
-          f"  train  {trainer.tokens_per_step:,} tokens/step on {trainer.device} ({trainer.amp_dtype}), "
+          f"  train  {trainer.cfg.batch_size * trainer.cfg.grad_accum * trainer.seq_len:,} tokens/step on "
+          f"{trainer.device} ({trainer.amp_dtype}), "
           f"MFU peak: {trainer.peak / 1e12:.2f} TFLOP/s ({trainer.peak_source})", file=sys.stderr)

@@ -5,9 +5,11 @@
               -> log / diagnose / evaluate / checkpoint / sample
     finish -> final eval, checkpoint, loss.png, samples.txt
 
-The loop only needs a model whose forward returns {"loss": ...} and a batch source with
-`get_batch(split, batch_size, block_size, generator)`, and it trains whatever parameters require
-grad, so fine-tuning (full or LoRA) reuses it unchanged.
+The loop needs a model, a batch source with `get_batch(split, batch_size, seq_len, generator)`
+returning batch dicts, and a loss function over a batch (llmlab.train.loss: input_ids, labels with
+-100 for no target, optional masks); it trains whatever parameters require grad, so fine-tuning
+(full or LoRA) reuses it unchanged. The loss of a step is normalised by the target tokens of all
+its micro-batches, and tokens/s counts target tokens.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from llmlab.core.device import autocast, pick_dtype
 from llmlab.core.errors import LLMLabError
 from llmlab.core.io import atomic_write_json
 from llmlab.core.progress import progress
+from llmlab.model.checkpoint import load_model_state
 from llmlab.tokenizer import Tokenizer
 from llmlab.train import diagnostics
 from llmlab.train.checkpoint import BEST, CHECKPOINT, capture_rng, restore_rng, save_checkpoint
 from llmlab.train.config import RunConfig, parse_duration
+from llmlab.train.loss import Batch, LossFn, causal_lm_loss, target_tokens
 from llmlab.train.metrics import LOSS_PLOT, MetricsLog, plot_losses, read_metrics
 from llmlab.train.optim import lr_at, make_optimizer
 
 
 class BatchSource(Protocol):
-    def get_batch(self, split: str, batch_size: int, block_size: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def get_batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator) -> Batch: ...
 
 
 @dataclass
@@ -50,6 +53,8 @@ class LoopState:
     last_val: float | None = None
     stop_reason: str = ""
     history: list[float] = field(default_factory=list)  # recent losses, for spike detection
+    skipped_steps: int = 0           # steps whose gradients were not finite (not applied)
+    skips_in_a_row: int = 0
 
 
 def peak_flops(device: torch.device, configured_tflops: float) -> tuple[float, str]:
@@ -77,13 +82,22 @@ def peak_flops(device: torch.device, configured_tflops: float) -> tuple[float, s
 
 class Trainer:
     def __init__(self, run: RunConfig, model: torch.nn.Module, data: BatchSource, tokenizer: Tokenizer,
-                 run_dir: Path, device: torch.device, resume_state: dict | None = None):
+                 run_dir: Path, device: torch.device, resume_state: dict | None = None,
+                 loss_fn: LossFn = causal_lm_loss, base: dict | None = None):
+        """base: the `ModelSource.as_dict()` the model started from (`RunConfig.init`). With a base
+        and frozen parameters, checkpoints hold only the trainable ones (the base rebuilds the rest)."""
         self.run, self.cfg = run, run.train
         self.model, self.data, self.tokenizer, self.run_dir, self.device = model, data, tokenizer, run_dir, device
+        self.loss_fn, self.base = loss_fn, base
         dtype = self.cfg.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         self.amp_dtype = pick_dtype(dtype)
+        # float16 has 5 exponent bits: small gradients underflow to 0 unless the loss is scaled up
+        # first (and unscaled before the step); the scaler also skips steps whose gradients overflowed
+        # and lowers its scale (Micikevicius et al. 2018, "Mixed Precision Training"). bf16 has
+        # float32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         self.max_time = parse_duration(self.cfg.max_time)
         if self.cfg.max_iters is None and self.max_time is None:
             raise LLMLabError("set a budget: --max-iters N and/or --max-time 10m")
@@ -92,15 +106,17 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.state = LoopState()
         if resume_state is not None:
-            self.model.load_state_dict(resume_state["model"])
+            load_model_state(self.model, resume_state)
             self.optimizer.load_state_dict(resume_state["optimizer"])
+            if self.scaler is not None and "scaler" in resume_state:
+                self.scaler.load_state_dict(resume_state["scaler"])
             self.state = LoopState(**{**resume_state["loop"], "stop_reason": ""})
             restore_rng(resume_state["rng"], self.generator)
         self.forward_model = torch.compile(model) if self.cfg.compile else model
         self.spikes = diagnostics.SpikeDetector(self.cfg.spike_factor)
         self.spikes.recent.extend(self.state.history)
-        self.tokens_per_step = self.cfg.batch_size * self.cfg.grad_accum * run.model.block_size
-        self.flops_per_token = model.flops_per_token()
+        self.seq_len = run.seq_len
+        self.flops_per_token = model.flops_per_token(self.seq_len)
         self.peak, self.peak_source = peak_flops(device, self.cfg.peak_tflops)
         self.stop_requested = False
 
@@ -117,58 +133,89 @@ class Trainer:
             fractions.append(self.state.elapsed_s / self.max_time)
         return max(fractions)
 
+    def batch(self, split: str, generator: torch.Generator) -> Batch:
+        batch = self.data.get_batch(split, self.cfg.batch_size, self.seq_len, generator)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over `eval_iters` batches per split. The batches come from their own generator
-        with a fixed seed: every eval sees the same windows (comparable numbers), and evaluating
-        never disturbs the training batch sequence (exact resume)."""
+        """Mean loss per target token over `eval_iters` batches per split. The batches come from
+        their own generator with a fixed seed: every eval sees the same windows (comparable
+        numbers), and evaluating never disturbs the training batch sequence (exact resume)."""
         self.model.eval()
         out = {}
         for split in ("train", "val"):
             g = torch.Generator().manual_seed(self.cfg.seed + 1)
-            losses = []
+            loss_sum, targets = 0.0, 0
             for _ in range(self.cfg.eval_iters):
-                x, y = self.data.get_batch(split, self.cfg.batch_size, self.run.model.block_size, g)
                 with autocast(self.device, self.amp_dtype):
-                    losses.append(float(self.forward_model(x.to(self.device), y.to(self.device))["loss"]))
-            out[f"{split}_eval_loss" if split == "train" else "val_loss"] = sum(losses) / len(losses)
+                    batch_sum, batch_targets = self.loss_fn(self.forward_model, self.batch(split, g))
+                loss_sum, targets = loss_sum + float(batch_sum), targets + int(batch_targets)
+            out[f"{split}_eval_loss" if split == "train" else "val_loss"] = loss_sum / max(targets, 1)
         self.model.train()
         return out
 
     def train_step(self, lr: float, diagnose: bool) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # All micro-batches first: the step's loss is divided by the target tokens of all of them,
+        # so each target token weighs the same whichever micro-batch it is in (llmlab.train.loss).
+        batches = [self.batch("train", self.generator) for _ in range(self.cfg.grad_accum)]
+        targets = sum(target_tokens(b) for b in batches)
+        if targets == 0:
+            raise LLMLabError(f"the batches of step {self.state.step} hold no target tokens (every label is -100): "
+                              "check the data's masking")
         total = 0.0
-        for _ in range(self.cfg.grad_accum):
-            x, y = self.data.get_batch("train", self.cfg.batch_size, self.run.model.block_size, self.generator)
+        for batch in batches:
             with autocast(self.device, self.amp_dtype):
-                loss = self.forward_model(x.to(self.device), y.to(self.device))["loss"] / self.cfg.grad_accum
-            loss.backward()
+                loss = self.loss_fn(self.forward_model, batch)[0] / targets
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += float(loss.detach())
-        row: dict[str, float] = {}
+        row: dict[str, float] = {"target_tokens": targets, "input_tokens": sum(b["input_ids"].numel() for b in batches)}
         if not math.isfinite(total):
-            return {"train_loss": total}
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"train_loss": total, **row}
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)   # true gradients for the diagnostics and the clip
         if diagnose:
             row.update(diagnostics.grad_norms(self.model))
             before = diagnostics.snapshot_weights(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
-        self.optimizer.step()
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf))
+        # A non-finite gradient norm means some gradient is inf/NaN: stepping would write it into
+        # every weight (and the next checkpoint). Skip the update; the loop stops if it keeps happening.
+        applied = math.isfinite(norm)
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)      # skips by itself when the gradients overflowed
+            self.scaler.update()
+            applied = applied and self.scaler.get_scale() >= scale
+        elif applied:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if diagnose:
+        if diagnose and applied:
             row.update(diagnostics.update_ratios(self.model, before))
-        return {"train_loss": total, "grad_norm": float(norm), **row}
+        return {"train_loss": total, "grad_norm": norm, "skipped": not applied, **row}
 
     def checkpoint_state(self) -> dict:
         self.state.history = list(self.spikes.recent)
-        return {**self.model_payload(), "optimizer": self.optimizer.state_dict(),
-                "loop": vars(self.state).copy(), "rng": capture_rng(self.generator)}
+        state = {**self.model_payload(), "optimizer": self.optimizer.state_dict(),
+                 "loop": vars(self.state).copy(), "rng": capture_rng(self.generator)}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def model_payload(self) -> dict:
-        """What a model checkpoint needs (`llmlab.model.checkpoint.load_run_model` reads it)."""
+        """What a model checkpoint needs (`llmlab.model.checkpoint.load_run_model` reads it): the
+        weights, or, for a run from a base with frozen parameters, only the trainable ones + the base."""
         config = self.run.to_dict()
-        return {"model": self.model.state_dict(), "config": config, "model_config": config["model"],
-                "tokenizer": self.tokenizer.to_dict()}
+        payload = {"config": config, "model_config": config["model"], "tokenizer": self.tokenizer.to_dict()}
+        weights = self.model.state_dict()
+        frozen = {n for n, p in self.model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        if self.base is not None and frozen:
+            weights = {k: v for k, v in weights.items() if k not in frozen}
+            payload["base"] = self.base
+        return {"model": weights, **payload}
 
     def save(self, name: str = CHECKPOINT) -> None:
         save_checkpoint(self.run_dir / name, self.checkpoint_state())
@@ -190,8 +237,8 @@ class Trainer:
         if self.stop_requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.stop_requested = True
-        print("\nCtrl-C: finishing this step, saving a checkpoint (press again to abort at once)",
-              file=sys.stderr)
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{what}: finishing this step, saving a checkpoint (Ctrl-C again aborts at once)", file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
 
@@ -201,7 +248,10 @@ class Trainer:
                              tensorboard=cfg.tensorboard, wandb=cfg.wandb)
         bar = progress(total=cfg.max_iters, initial=state.step, desc="train", unit="step")
         log_plain = bar.disable  # not a terminal: print a line per log step instead of a bar
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        # Ctrl-C and SIGTERM (a scheduler's or `kill`'s stop) both finish the step and save.
+        previous_int = signal.signal(signal.SIGINT, self._on_sigint)
+        previous_term = signal.signal(signal.SIGTERM, self._on_sigint)
+        saved_at = state.step
         self.model.train()
         t_start = time.perf_counter() - state.elapsed_s
         try:
@@ -229,10 +279,11 @@ class Trainer:
                         f"loss became {row['train_loss']} at step {state.step}: training stopped. The last good "
                         f"checkpoint is kept in {self.run_dir / CHECKPOINT}. Try a lower --lr, --grad-clip 1.0, "
                         "or --dtype float32")
+                self._count_skip(row)
                 state.step += 1
                 state.elapsed_s = time.perf_counter() - t_start
-                tokens_per_s = self.tokens_per_step / dt
-                mfu = self.flops_per_token * tokens_per_s / self.peak
+                tokens_per_s = row["target_tokens"] / dt
+                mfu = self.flops_per_token * row["input_tokens"] / dt / self.peak
                 spike = self.spikes(row["train_loss"])
                 row.update(step=state.step, time_s=round(state.elapsed_s, 3), lr=lr,
                            tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 5))
@@ -266,18 +317,40 @@ class Trainer:
                               f"{tokens_per_s:,.0f} tok/s  mfu {100 * mfu:.1f}%  {self._eta()}", file=sys.stderr)
                 if state.step % cfg.ckpt_every == 0 or is_last or state.stop_reason:
                     self.save()
+                    saved_at = state.step
                 if cfg.sample_every and state.step % cfg.sample_every == 0:
                     self.write_sample()
                 bar.update(1)
                 bar.set_postfix_str(f"loss {row['train_loss']:.3f} {tokens_per_s:,.0f} tok/s "
                                     f"mfu {100 * mfu:.1f}% {self._eta()}", refresh=False)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
             bar.close()
             metrics.close()
-        self.save()
+        if saved_at != state.step:
+            self.save()
         self.write_sample()
         return state
+
+    def _count_skip(self, row: dict) -> None:
+        """Steps whose gradients were not finite were not applied. A float16 run skips a few while
+        its loss scale settles; anything else that keeps skipping is diverging: stop before it saves."""
+        state = self.state
+        if not row.get("skipped"):
+            state.skips_in_a_row = 0
+            return
+        state.skipped_steps += 1
+        state.skips_in_a_row += 1
+        limit = 20 if self.scaler is not None else 3
+        print(f"\nwarning: step {state.step + 1}: the gradient norm is {row.get('grad_norm')}; the update was skipped "
+              f"({state.skips_in_a_row} in a row, stopping at {limit})", file=sys.stderr)
+        if state.skips_in_a_row >= limit:
+            state.stop_reason = "nan"
+            raise LLMLabError(
+                f"{limit} steps in a row had non-finite gradients (up to step {state.step + 1}): training stopped, "
+                f"nothing was applied or saved from them; the last good checkpoint is {self.run_dir / CHECKPOINT}. "
+                "Try a lower --lr, --grad-clip 1.0, or --dtype float32")
 
     def _eta(self) -> str:
         s, rates = self.state, []
