@@ -4,7 +4,12 @@ Each verb module in `llmlab.cli` defines
     add_arguments(parser: argparse.ArgumentParser) -> None
     run(args: argparse.Namespace) -> int
 and is imported only when its verb is used, so `llmlab --help` is instant (no torch import).
-An `LLMLabError` is printed as a plain message with exit status 2; `--debug` shows the traceback.
+
+Errors reach the person as one short paragraph, never a traceback (`--debug` shows it):
+    LLMLabError (bad input, said where it was found)     its message, exit status 2
+    OSError naming a file (missing, unreadable, ...)    "PATH: no such file or directory", status 2
+    argparse's errors                                   the message and where to find --help, status 2
+    anything else (a bug)                               "internal error (Type: message)", status 1
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from llmlab.core.errors import LLMLabError
@@ -28,6 +34,38 @@ VERBS: dict[str, tuple[str, str]] = {
     "rag": ("llmlab.cli.rag", "index documents, search, answer with citations, evaluate retrieval"),
     "data": ("llmlab.cli.data", "curate raw text into clean, deduplicated, tokenized shards"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one short paragraph: argparse prints the whole usage block
+    first (30 lines for `train`), which buries the one line that says what was wrong."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for every option\n")
+
+
+_OS_REASONS = {FileNotFoundError: "no such file or directory", PermissionError: "permission denied",
+               IsADirectoryError: "is a directory, where a file was expected",
+               NotADirectoryError: "a part of the path is not a directory", FileExistsError: "already exists"}
+
+
+def _explain(e: BaseException) -> tuple[str, int]:
+    """(one-paragraph message, exit status) for an exception that escaped a verb."""
+    if isinstance(e, LLMLabError):
+        return f"error: {e}", 2
+    if isinstance(e, OSError) and e.filename is not None:
+        reason = next((r for cls, r in _OS_REASONS.items() if isinstance(e, cls)), None) or e.strerror or str(e)
+        path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+        return f"error: {path}: {reason}", 2
+    if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
+        return ("error: out of memory on the device: use a smaller --batch-size or --block-size (or a smaller model), "
+                "or --device cpu"), 1
+    if isinstance(e, OSError):  # e.g. a full disk: the environment, not our code
+        return f"error: {e.strerror or e}", 1
+    text = " ".join(str(e).split())
+    text = text[:300] + "..." if len(text) > 300 else text
+    return (f"internal error ({type(e).__name__}: {text}); rerun with --debug for the traceback, "
+            "and report it"), 1
 
 
 def _available_verbs() -> dict[str, tuple[str, str]]:
@@ -67,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmlab: unknown verb {verb!r}\n\n{_top_help(verbs)}", file=sys.stderr)
         return 2
     module = importlib.import_module(verbs[verb][0])
-    parser = argparse.ArgumentParser(prog=f"llmlab {verb}", description=verbs[verb][1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog=f"llmlab {verb}", description=verbs[verb][1],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
     args, unknown = parser.parse_known_args(argv[1:])
     if unknown:
@@ -76,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(module.run(args) or 0)
-    except LLMLabError as e:
-        if debug:
-            raise
-        print(f"llmlab {verb}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"\nllmlab {verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `llmlab ... | head`: the reader left; say nothing, and keep Python from complaining at exit.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process exits
+        return 141
+    except Exception as e:
+        if debug:
+            raise
+        message, status = _explain(e)
+        print(f"llmlab {verb}: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

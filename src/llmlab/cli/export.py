@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmlab.core.errors import LLMLabError
+    from llmlab.model.source import resolve_source
+
+    resolve_source(args.source)  # a source that does not exist fails here, before torch is imported
+    if args.to == "gguf" and args.out.is_dir():
+        raise LLMLabError(f"{args.out} is a directory: --to gguf writes one file, e.g. {args.out / 'model.gguf'}")
+    if args.to == "hf" and args.out.is_file():
+        raise LLMLabError(f"{args.out} is a file: --to hf writes a directory (config.json, model.safetensors, ...)")
     from llmlab.model.export import export_model
 
     summary = export_model(args.source, args.to, args.out, dtype=args.gguf_type,

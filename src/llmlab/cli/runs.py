@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True)
+    # metavar: argparse names it in "the following arguments are required: compare".
+    sub = parser.add_subparsers(dest="action", required=True, metavar="compare")
     compare = sub.add_parser("compare", help="compare two or more run directories")
     compare.add_argument("runs", nargs="+", type=Path, help="run directories")
     compare.add_argument("--plot", type=Path, default=Path("runs/compare.png"),

@@ -20,10 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmlab.core.errors import LLMLabError
-    from llmlab.infer import Engine, SamplingConfig
 
+    # Checked before importing the engine (and torch): a mistyped path fails at once.
     if not args.run.exists():
         raise LLMLabError(f"{args.run} does not exist: give a run directory made by `llmlab train`")
+    for flag, value, ok, need in (
+            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "must be at least 1"),
+            ("--temperature", args.temperature, args.temperature >= 0, "must be 0 or more (0: greedy)"),
+            ("--top-k", args.top_k, args.top_k >= 0, "must be 0 or more (0: all tokens)"),
+            ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1] (1: off)")):
+        if not ok:
+            raise LLMLabError(f"{flag} {value}: {need}")
+    from llmlab.infer import Engine, SamplingConfig
+
     engine = Engine.load(args.run, device=args.device)
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, ignore_eos=True)

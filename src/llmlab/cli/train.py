@@ -8,18 +8,26 @@ import sys
 from pathlib import Path
 
 from llmlab.core.config import add_config_flags, apply_flags, get_preset
-from llmlab.data.sources import SOURCES
+from llmlab.core.errors import LLMLabError
 from llmlab.model.config import ModelConfig
 from llmlab.train.config import PRESETS, DataConfig, TrainConfig
+
+# Nothing here imports torch (or llmlab.data, which does): flags are parsed and every config is
+# validated in a fraction of a second, so a bad flag fails before seconds of imports and data loading.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train a decoder-only Transformer. Start from --preset and override any field below; the resolved "
-        "config is saved to OUT/config.json. Data sources: " + ", ".join(SOURCES) + ", or a token dataset dir.")
+        "config is saved to OUT/config.json. Data: see --data and --data-file below.")
     parser.add_argument("--preset", default="shakespeare-char", choices=list(PRESETS),
                         help="named starting configuration (default: shakespeare-char)")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<timestamp>)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="start from this pretrained model instead of random weights: smollm2, a .gguf file, a "
+                             "Hugging Face directory or an llmlab run directory; its architecture and tokenizer are "
+                             "used (model flags are ignored), and the preset's block size is the training window "
+                             "(--seq-len to change it)")
     parser.add_argument("--resume", type=Path, metavar="DIR",
                         help="continue the run in DIR exactly where its checkpoint stopped")
     add_config_flags(parser, ModelConfig, "model (ModelConfig)")
@@ -32,19 +40,29 @@ def _given(args: argparse.Namespace, cls: type) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmlab.train.run import default_run_dir, resume, start
-
     if args.resume:
-        if _given(args, ModelConfig) or _given(args, DataConfig):
-            from llmlab.core.errors import LLMLabError
+        if _given(args, ModelConfig) or _given(args, DataConfig) or args.init:
             raise LLMLabError("model and data settings are fixed by the run being resumed; only training "
                               "budgets and logging flags may be given with --resume")
+        if not args.resume.exists():
+            raise LLMLabError(f"--resume {args.resume}: no such run directory (give the --out of an earlier "
+                              "`llmlab train`)")
+        from llmlab.train.run import resume
         state = resume(args.resume, _given(args, TrainConfig))
         run_dir = args.resume
     else:
         preset = get_preset(PRESETS, args.preset)
         config = dataclasses.replace(preset, model=apply_flags(preset.model, args), data=apply_flags(preset.data, args),
-                                     train=apply_flags(preset.train, args))
+                                     train=apply_flags(preset.train, args), init=args.init)
+        if config.data.data_file and not Path(config.data.data_file).is_file():
+            what = "is a directory, not a text file" if Path(config.data.data_file).is_dir() else "no such file"
+            raise LLMLabError(f"--data-file {config.data.data_file}: {what}")
+        if args.init:
+            from llmlab.model.source import resolve_source
+            resolve_source(args.init)  # a mistyped --init fails now, not after the data is loaded
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise LLMLabError(f"--out {args.out} is a file: give a directory for the run (it is created)")
+        from llmlab.train.run import default_run_dir, start
         run_dir = args.out or default_run_dir(args.preset)
         state = start(config, run_dir)
     print(f"llmlab train: stopped ({state.stop_reason}) at step {state.step} after {state.elapsed_s:.0f}s; "

@@ -4,12 +4,17 @@ A config is a dataclass whose fields carry help text in `metadata["help"]`. `add
 turns every field into a `--kebab-case` flag (bools take true/false), `apply_flags` writes the
 flags the user actually gave onto a config (so presets fill the rest), and `config_to_dict` /
 `config_from_dict` save and restore the resolved config next to every artifact.
+
+Configs validate themselves when they are built (`__post_init__`), with `check_fields` for the
+generic part (types, choices) and `ConfigError` for the message: it names the field, its flag, the
+value and what would fit, so a bad flag fails before any data or model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import types
 import typing
 from typing import Any, TypeVar
@@ -19,8 +24,57 @@ from llmlab.core.errors import LLMLabError
 T = TypeVar("T")
 
 
+class ConfigError(LLMLabError, ValueError):
+    """A config value that cannot work. Also a ValueError, so library callers that guard a config
+    construction with `except ValueError` keep working."""
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a config field: n_kv_head -> --n-kv-head."""
+    return _flag(name)
+
+
+def field_error(config: Any, name: str, need: str) -> ConfigError:
+    """'--block-size 0: block_size must be at least 1' -- the flag and value first (what the person
+    typed), then the rule in terms of the field (what a config.json or library caller set)."""
+    return ConfigError(f"{_flag(name)} {getattr(config, name)!r}: {name} {need}")
+
+
+def check(config: Any, name: str, ok: bool, need: str) -> None:
+    if not ok:
+        raise field_error(config, name, need)
+
+
+def check_fields(config: Any) -> None:
+    """Generic checks on a dataclass config: each value has its field's type (None only where the
+    type allows it) and is one of the field's `choices`. Ints are accepted where floats are."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if f.name.startswith("_"):
+            continue
+        value, tp = getattr(config, f.name), hints[f.name]
+        optional = (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union) \
+            and type(None) in typing.get_args(tp)
+        if value is None:
+            check(config, f.name, optional, "must be set")
+            continue
+        tp = _field_type(type(config), f)
+        if tp is bool:
+            check(config, f.name, isinstance(value, bool), "must be true or false")
+        elif tp is int:
+            check(config, f.name, isinstance(value, numbers.Integral) and not isinstance(value, bool),
+                  "must be a whole number")
+        elif tp is float:
+            check(config, f.name, isinstance(value, numbers.Real) and not isinstance(value, bool), "must be a number")
+        elif tp is str:
+            check(config, f.name, isinstance(value, str), "must be a string")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise field_error(config, f.name, f"must be one of {', '.join(map(str, choices))}")
 
 
 def _parse_bool(text: str) -> bool:
@@ -84,6 +138,8 @@ def config_to_dict(config: Any) -> dict:
 
 def config_from_dict(cls: type[T], data: dict) -> T:
     """Rebuild a config saved by `config_to_dict`; unknown keys are an error naming the valid ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a saved {cls.__name__} must be a JSON object of fields, not {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

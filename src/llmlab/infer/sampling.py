@@ -26,6 +26,17 @@ class SamplingConfig:
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     logprobs: bool = field(default=False, metadata={"help": "return the log-probability of each chosen token"})
 
+    def __post_init__(self) -> None:
+        from llmlab.core.config import check, check_fields
+
+        check_fields(self)
+        check(self, "max_new_tokens", self.max_new_tokens >= 1, "must be at least 1")
+        check(self, "temperature", self.temperature >= 0, "must be 0 (greedy) or more")
+        check(self, "top_k", self.top_k >= 0, "must be 0 (off) or more")
+        check(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]; 1 is off")
+        check(self, "min_p", 0 <= self.min_p < 1, "must be in [0, 1); 0 is off")
+        check(self, "repetition_penalty", self.repetition_penalty > 0, "must be positive; 1 is off")
+
 
 @dataclass
 class RowSampling:

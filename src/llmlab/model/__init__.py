@@ -5,6 +5,14 @@
 """
 
 from llmlab.model.config import MODEL_PRESETS, ModelConfig
-from llmlab.model.transformer import Transformer
+
+
+def __getattr__(name: str):
+    # Transformer imports torch (seconds); importing it lazily keeps `llmlab.model.config` (and so
+    # flag parsing and config validation in the CLI) torch-free.
+    if name == "Transformer":
+        from llmlab.model.transformer import Transformer
+        return Transformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ModelConfig", "MODEL_PRESETS", "Transformer"]

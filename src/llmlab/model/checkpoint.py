@@ -35,6 +35,15 @@ def checkpoint_path(run_or_file: str | Path, name: str = CHECKPOINT) -> Path:
     return path / name if path.is_dir() else path
 
 
+def _first_sentence(e: BaseException) -> str:
+    """'UnpicklingError: Weights only load failed' -- torch's first sentence; the rest of its message is
+    advice about torch.load flags, which does not apply to a damaged file."""
+    text = " ".join(str(e).split())
+    cut = text.find(". ")
+    text = text[:cut] if 0 < cut < 160 else text[:160]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def load_checkpoint(run_or_file: str | Path, name: str = CHECKPOINT) -> dict[str, Any]:
     """Load `<run>/ckpt.pt` (or a checkpoint file) onto the CPU, with errors a person can act on."""
     path = checkpoint_path(run_or_file, name)
@@ -46,7 +55,7 @@ def load_checkpoint(run_or_file: str | Path, name: str = CHECKPOINT) -> dict[str
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
-        raise LLMLabError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+        raise LLMLabError(f"{path} is not a readable checkpoint ({_first_sentence(e)}); "
                           "it may be truncated or from another program") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         version = state.get("format_version") if isinstance(state, dict) else None
@@ -85,7 +94,11 @@ def load_run_model(run_or_file: str | Path, prefer_best: bool = True):
         if "base" in state:
             model = load_base(state["base"], where)
         else:
-            model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
+            try:
+                config = config_from_dict(ModelConfig, state["model_config"])
+            except LLMLabError as e:  # a ConfigError (also a ValueError) names the field; add the file
+                raise LLMLabError(f"{where}: its model_config does not describe a valid model: {e}") from None
+            model = Transformer(config)
         load_model_state(model, state, where)
         tokenizer = tokenizer_from_dict(state["tokenizer"])
     except KeyError as e:

@@ -9,11 +9,27 @@ Two families share one model class and differ only in these switches:
     bias           True               False
     n_kv_head      = n_head           < n_head (GQA)    (Ainslie et al. 2023, arXiv:2305.13245)
     tie_embeddings True               optional
+
+A ModelConfig checks itself when built (every size positive, heads that divide, an even head size
+for RoPE, ...) and raises `ConfigError` naming the flag and what would fit, so a bad shape fails
+before any data or weights are touched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+
+from llmlab.core.config import ConfigError, check, check_fields
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _join(values: list[int]) -> str:
+    """[1, 2, 3, 6] -> '1, 2, 3 or 6'."""
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 @dataclass
@@ -43,6 +59,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         # Remember which derived fields were given explicitly, so `replace` can re-derive the rest.
         object.__setattr__(self, "_explicit", {n for n in self.DERIVED if getattr(self, n) is not None})
+        check_fields(self)
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            check(self, name, getattr(self, name) >= 1, "must be at least 1")
+        check(self, "vocab_size", self.vocab_size >= 0, "must be at least 1 (or 0: taken from the tokenizer)")
+        for name in ("n_kv_head", "head_dim", "mlp_hidden"):
+            check(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "must be at least 1")
+        if self.head_dim is None and self.n_embd % self.n_head:
+            raise self._indivisible()
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -57,8 +81,45 @@ class ModelConfig:
                 # (Shazeer 2020). Round up to a multiple of 64 for efficient matmuls.
                 self.mlp_hidden = 64 * ((int(8 * self.n_embd / 3) + 63) // 64)
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+            # Each key/value head serves n_head / n_kv_head query heads (GQA), so it must divide.
+            fits = _join(_divisors(self.n_head))
+            raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}): "
+                              f"choose --n-kv-head {fits}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise self._odd_rope()
+        check(self, "rope_theta", self.rope_theta > 0, "must be positive")
+        check(self, "norm_eps", self.norm_eps > 0, "must be positive (it keeps the norm away from 0/0)")
+        check(self, "dropout", 0 <= self.dropout < 1, "must be in [0, 1): the probability of zeroing an activation")
 
+    def _fitting_heads(self) -> list[int]:
+        """Head counts near n_head that split n_embd into whole (and, for RoPE, even) heads."""
+        step = 2 if self.position == "rope" else 1
+        fits = [d for d in _divisors(self.n_embd) if (self.n_embd // d) % step == 0]
+        return sorted(sorted(fits, key=lambda d: (abs(d - self.n_head), d))[:4])
+
+    def _widths(self) -> str:
+        """The two n_embd values nearest the given one that n_head splits into fitting heads."""
+        m = self.n_head * (2 if self.position == "rope" else 1)
+        below, above = (self.n_embd // m) * m, (self.n_embd // m + 1) * m
+        return " or ".join(str(w) for w in (below, above) if w >= 1 and w != self.n_embd)
+
+    def _indivisible(self) -> ConfigError:
+        heads = self._fitting_heads()
+        fits = f"--n-head {_join(heads)}, " if heads else ""
+        return ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets "
+                           f"n_embd / n_head dimensions; choose {fits}--n-embd {self._widths()}, "
+                           "or set --head-dim explicitly")
+
+    def _odd_rope(self) -> ConfigError:
+        # RoPE rotates pairs of dimensions (Su et al. 2021, sec. 3.2), so a head needs an even size.
+        why = f"head_dim {self.head_dim} must be even with --position rope (RoPE rotates pairs of dimensions)"
+        if "head_dim" in self._explicit:
+            return ConfigError(f"--head-dim {self.head_dim}: {why}; choose --head-dim {self.head_dim - 1} or "
+                               f"{self.head_dim + 1}, or --position learned")
+        heads = self._fitting_heads()
+        fits = f"--n-head {_join(heads)}, " if heads else ""
+        return ConfigError(f"{why}, and n_embd {self.n_embd} / n_head {self.n_head} = {self.head_dim}: "
+                           f"choose {fits}--n-embd {self._widths()}, or --position learned")
 
     def replace(self, **changes) -> "ModelConfig":
         """A copy with `changes`; derived fields that were not given explicitly are derived again

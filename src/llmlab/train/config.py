@@ -10,9 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from llmlab.core.config import config_from_dict, config_to_dict
+from llmlab.core.config import ConfigError, check, check_fields, config_from_dict, config_to_dict
 from llmlab.core.errors import LLMLabError
 from llmlab.model.config import MODEL_PRESETS, ModelConfig
+
+
+# The names `llmlab.core.device.pick_dtype` accepts (listed here so that checking a flag needs no torch).
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -21,6 +25,17 @@ class DataConfig:
     data_file: str | None = field(default=None, metadata={"help": "train on this local UTF-8 text file instead of a named source"})
     tokenizer: str = field(default="char", metadata={"help": "char, bpe:<vocab>[:<pattern>] (trained on the data), or a saved tokenizer path"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of tokens held out (the tail) for validation"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check(self, "data", bool(self.data.strip()), "must name a source or a token dataset directory")
+        check(self, "data_file", self.data_file is None or bool(self.data_file.strip()), "must be a file path")
+        check(self, "val_fraction", 0 < self.val_fraction < 1, "must be between 0 and 1 (e.g. 0.1)")
+        if self.tokenizer.startswith("bpe:"):
+            parts = self.tokenizer.split(":")
+            vocab = parts[1] if len(parts) > 1 else ""
+            check(self, "tokenizer", vocab.isdigit() and int(vocab) > 256 and len(parts) <= 3,
+                  "must read bpe:<vocab size>[:<pattern>] with a vocab size above the 256 bytes, e.g. bpe:4096:gpt4")
 
 
 @dataclass
@@ -50,11 +65,37 @@ class TrainConfig:
     seed: int = field(default=1337, metadata={"help": "random seed (model init, batches, dropout)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N, mps"})
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
+    seq_len: int | None = field(default=None, metadata={"help": "tokens per training sequence (None: the model's block_size; with --init, the preset's)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default)"})
     peak_tflops: float = field(default=0.0, metadata={"help": "hardware peak for MFU (0: known GPU table, or a measured matmul peak on CPU)"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events when tensorboard is installed"})
     wandb: bool = field(default=False, metadata={"help": "log to Weights & Biases (WANDB_MODE=offline works without a network)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("batch_size", "grad_accum", "eval_every", "eval_iters", "ckpt_every", "log_every"):
+            check(self, name, getattr(self, name) >= 1, "must be at least 1")
+        for name in ("max_iters", "lr_decay_iters", "seq_len"):
+            check(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "must be at least 1")
+        for name in ("warmup_iters", "early_stop_patience", "diag_every", "sample_every", "sample_tokens", "threads"):
+            check(self, name, getattr(self, name) >= 0, "must be 0 or more")
+        # lr 0 is allowed: a run that only evaluates (the early-stopping test uses it).
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "peak_tflops"):
+            check(self, name, getattr(self, name) >= 0, "must be 0 or more")
+        check(self, "min_lr", self.min_lr <= self.lr,
+              f"must not exceed lr ({self.lr}): the cosine decays from lr down to min_lr; "
+              f"try --min-lr {self.lr / 10:g}")
+        for name in ("beta1", "beta2"):
+            check(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1), e.g. 0.9 or 0.99")
+        check(self, "spike_factor", self.spike_factor > 0, "must be positive")
+        check(self, "dtype", self.dtype in DTYPE_NAMES, f"must be one of {', '.join(DTYPE_NAMES)}")
+        check(self, "device", bool(self.device.strip()), "must be auto, cpu, cuda, cuda:N or mps")
+        try:
+            seconds = parse_duration(self.max_time)
+        except LLMLabError as e:
+            raise ConfigError(f"--max-time {self.max_time}: {e}") from None
+        check(self, "max_time", seconds is None or seconds > 0, "must be a positive duration, e.g. 90s, 10m or 1h")
 
 
 @dataclass
@@ -62,15 +103,23 @@ class RunConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    # Start from a pretrained model (any llmlab.model.source spec: smollm2, a .gguf, an HF or run
+    # directory) instead of random weights; the model config and tokenizer then come from it.
+    init: str | None = None
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training sequence."""
+        return self.train.seq_len or self.model.block_size
 
     def to_dict(self) -> dict:
         return {"model": config_to_dict(self.model), "data": config_to_dict(self.data),
-                "train": config_to_dict(self.train)}
+                "train": config_to_dict(self.train), "init": self.init}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         return cls(config_from_dict(ModelConfig, d["model"]), config_from_dict(DataConfig, d["data"]),
-                   config_from_dict(TrainConfig, d["train"]))
+                   config_from_dict(TrainConfig, d["train"]), d.get("init"))
 
 
 def parse_duration(text: str | None) -> float | None:

@@ -92,8 +92,8 @@ def start(run: RunConfig, run_dir: Path) -> LoopState:
     if (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists():
         raise LLMLabError(f"{run_dir} already holds a run: continue it with `llmlab train --resume {run_dir}` "
                           "or choose a new --out")
+    model, data, device, base = build(run)   # first: a bad data or model source leaves no directory behind
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, data, device, base = build(run)
     write_run_config(run_dir, run, _facts(model, data, base))
     trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, base=base)
     _announce(trainer, data, run_dir)

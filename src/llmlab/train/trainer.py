@@ -224,6 +224,8 @@ class Trainer:
         from llmlab.infer.generate import decode_steps  # the same KV-cached loop `llmlab sample` uses
         from llmlab.infer.sampling import SamplingConfig
 
+        if self.cfg.sample_tokens == 0:
+            return ""
         start = self.tokenizer.encode("\n")[:1] if self.tokenizer.kind == "char" else [0]
         config = SamplingConfig(max_new_tokens=self.cfg.sample_tokens, temperature=0.8, top_k=200, seed=self.cfg.seed)
         ids = [int(step.ids[0]) for step in decode_steps(self.model, [start or [0]], config, overflow="shift")]
