@@ -36,10 +36,11 @@ def test_token_dataset_round_trip_and_batches(tmp_path):
     ds = TokenDataset.open(tmp_path)
     assert ds.num_tokens("train") == 900 and ds.meta["dtype"] == "uint16"
     assert ds.tokenizer.decode([0, 1]) == "ab"
-    x, y = ds.get_batch("train", 4, 16, torch.Generator().manual_seed(0))
+    batch = ds.get_batch("train", 4, 16, torch.Generator().manual_seed(0))
+    x, y = batch["input_ids"], batch["labels"]
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
     assert torch.equal((x + 1) % 8, y)  # the sequence counts up, so targets are inputs shifted by one
-    x2, _ = ds.get_batch("train", 4, 16, torch.Generator().manual_seed(0))
+    x2 = ds.get_batch("train", 4, 16, torch.Generator().manual_seed(0))["input_ids"]
     assert torch.equal(x, x2)
 
 
@@ -85,3 +86,22 @@ def test_remote_source_is_checked_and_offline_error_says_what_to_do(tmp_path, mo
     monkeypatch.setattr(sources.urllib.request, "urlopen", no_network)
     with pytest.raises(LLMLabError, match="--data-file"):  # ... and offline the error says how to proceed
         sources.fetch_remote("wikitext-2")
+
+
+def test_prepared_cache_follows_the_tokenizer_content_not_its_path(tmp_path, monkeypatch):
+    """Retraining a tokenizer into the same directory must not reuse data tokenized by the old one."""
+    from llmlab.tokenizer import train_bpe
+
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_text(tiny=True)[:20_000], encoding="utf-8")
+    tok_dir = tmp_path / "tok"
+    train_bpe(corpus.read_text(), 300, "gpt2").save(tok_dir)
+    first = sources.prepare_dataset(None, str(corpus), str(tok_dir))
+    assert sources.prepare_dataset(None, str(corpus), str(tok_dir)).directory == first.directory  # still cached
+    retrained = train_bpe(corpus.read_text(), 400, "gpt4")
+    retrained.save(tok_dir)
+    second = sources.prepare_dataset(None, str(corpus), str(tok_dir))
+    assert second.directory != first.directory
+    assert second.tokenizer.vocab_size == 400
+    assert second.tokenizer.encode("To be, or not to be") == retrained.encode("To be, or not to be")

@@ -97,7 +97,7 @@ class TurnTokenizer(CharTokenizer):
     def apply_chat_template(self, messages, add_generation_prompt=True):
         return "".join(f"{m['role'][0]}:{m['content']}\n" for m in messages) + "a:"
 
-    def encode(self, text, allowed_special=False):
+    def encode(self, text, allowed_special=False, add_special=False):
         return super().encode(text)
 
 

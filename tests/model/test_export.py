@@ -17,7 +17,7 @@ from llmlab.model.config import ModelConfig
 from llmlab.model.export import export_model, permute_qk, quantize_q8_0
 from llmlab.model.gguf import dequantize, load_gguf_state, unpermute_qk
 from llmlab.model.transformer import Transformer
-from llmlab.tokenizer import CharTokenizer, train_bpe
+from llmlab.tokenizer import BPETokenizer, CharTokenizer, train_bpe
 from llmlab.tokenizer.formats import read_gguf_tokenizer
 
 gguf = pytest.importorskip("gguf")
@@ -116,12 +116,10 @@ def test_export_errors(tmp_path, bpe, capsys):
     with pytest.raises(LLMLabError, match="does not exist"):
         export_model(tmp_path / "nope", "hf", tmp_path / "out")
     run, _ = _make_run(tmp_path, CharTokenizer.train(TEXT))
-    with pytest.raises(LLMLabError, match="--no-tokenizer"):
-        export_model(run, "gguf", tmp_path / "c.gguf")
     export_model(run, "gguf", tmp_path / "c.gguf", with_tokenizer=False)  # weights alone are fine
     assert load_gguf_state(tmp_path / "c.gguf")[0].n_layer == 2
-    summary = export_model(run, "hf", tmp_path / "c_hf")
-    assert summary["notes"] and not (tmp_path / "c_hf" / "tokenizer.json").exists()
+    assert "tokenizer.ggml.model" not in gguf.GGUFReader(str(tmp_path / "c.gguf")).fields
+    export_model(run, "hf", tmp_path / "c_hf")
     (tmp_path / "run").rename(tmp_path / "char_run")
     gpt2_run, _ = _make_run(tmp_path, bpe, position="learned", norm="layernorm", mlp="gelu", bias=True)
     with pytest.raises(LLMLabError, match="--to hf"):
@@ -130,6 +128,7 @@ def test_export_errors(tmp_path, bpe, capsys):
     assert "--to hf" in capsys.readouterr().err
     assert not (tmp_path / "g.gguf").exists()
     json.loads((tmp_path / "c_hf" / "config.json").read_text())
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 @pytest.mark.slow
@@ -165,3 +164,86 @@ def test_export_gguf_qwen2_roundtrip(tmp_path, bpe):
     ids = bpe.encode(SAMPLE)
     ours = Transformer.from_state_dict(config, state).eval()
     assert (_logits(model, ids) - _logits(ours, ids)).abs().max().item() < 1e-5
+
+
+CHAR_TEXT = TEXT + "Naïve café, Größe: “quoted” — 😀 ü\n\tend.\n"
+
+
+def test_char_run_exports_to_hf_with_its_tokenizer(tmp_path):
+    """The model `make demo` trains (characters) leaves llmlab with its tokenizer: transformers loads
+    the directory and gives the same ids, text and logits. Characters outside the vocabulary have no
+    unknown token in HF: they are dropped there, and refused by our CharTokenizer."""
+    char = CharTokenizer.train(CHAR_TEXT)
+    run, model = _make_run(tmp_path, char)
+    out = tmp_path / "hf"
+    assert main(["export", str(run), "--to", "hf", str(out)]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = char.encode(CHAR_TEXT)
+    assert hf_tok(CHAR_TEXT)["input_ids"] == ids               # no BOS: the model was trained without one
+    assert hf_tok.decode(ids) == CHAR_TEXT
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    sample = char.encode(CHAR_TEXT[-60:])
+    assert (_logits(model, sample) - _logits(hf, sample)).abs().max().item() < 1e-4
+    assert hf_tok("To be§", add_special_tokens=False)["input_ids"] == char.encode("To be")
+    with pytest.raises(LLMLabError, match="not in this character tokenizer"):
+        char.encode("To be§")
+
+
+def test_char_run_exports_to_gguf_with_its_tokenizer(tmp_path):
+    """GGUF: a SentencePiece ("llama") vocabulary of the characters, spaces spelled "▁" as llama.cpp
+    looks them up, no merges, no BOS, no space prefix; read back by `gguf` and by us, same ids."""
+    char = CharTokenizer.train(CHAR_TEXT)
+    run, model = _make_run(tmp_path, char)
+    path = tmp_path / "c.gguf"
+    assert main(["export", str(run), "--to", "gguf", str(path), "--gguf-type", "f32"]) == 0
+    fields = gguf.GGUFReader(str(path)).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert [t.replace("\u2581", " ") for t in tokens] == char.chars and len(set(tokens)) == len(tokens)
+    assert set(fields["tokenizer.ggml.token_type"].contents()) == {1}  # all normal
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is False
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() is False
+    ours = read_gguf_tokenizer(path)
+    ids = char.encode(CHAR_TEXT)
+    assert ours.encode(CHAR_TEXT, add_special=True) == ids and ours.decode(ids) == CHAR_TEXT
+    assert ours.eos_id is None  # an ordinary character is never taken for llama.cpp's default EOS (id 2)
+    config, state = load_gguf_state(path)
+    back, sample = Transformer.from_state_dict(config, state).eval(), ids[-60:]
+    assert (_logits(model, sample) - _logits(back, sample)).abs().max().item() < 1e-5
+
+
+def test_failed_gguf_export_leaves_no_partial_file(tmp_path, bpe, monkeypatch):
+    """A write that fails midway (disk full) leaves the previous file as it was and no temporary."""
+    run, _ = _make_run(tmp_path, bpe)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.gguf").write_bytes(b"the previous model")
+
+    def disk_full(self, *args, **kwargs):
+        self.fout[0].write(b"half of the tensors")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_full)
+    for name in ("m.gguf", "new.gguf"):
+        with pytest.raises(LLMLabError, match="No space left on device"):
+            export_model(run, "gguf", out / name)
+        assert sorted(p.name for p in out.iterdir()) == ["m.gguf"]
+    assert (out / "m.gguf").read_bytes() == b"the previous model"
+
+
+def test_gguf_pre_tokenizer_names_are_llama_cpps(bpe):
+    """tokenizer.ggml.pre must be a name llama.cpp knows for exactly our split (src/llama-vocab.cpp):
+    "gpt2" is not one (llama.cpp falls back to a different default split), llama-bpe also switches on
+    ignore_merges, qwen2 is the single-digit pattern."""
+    from llmlab.model.export import _tokenizer_pre
+
+    def with_(pattern, **changes):
+        return BPETokenizer(bpe.vocab, bpe.merges, pattern, bpe.special_tokens, **changes)
+
+    assert _tokenizer_pre(with_("gpt2")) == "gpt-2"
+    assert _tokenizer_pre(with_("gpt2", split_digits=True)) == "smollm"
+    assert _tokenizer_pre(with_("llama3")) == "smaug-bpe" == _tokenizer_pre(with_("gpt4"))
+    assert _tokenizer_pre(with_("llama3", ignore_merges=True)) == "llama-bpe"
+    assert _tokenizer_pre(with_("qwen2")) == "qwen2"
+    with pytest.raises(LLMLabError, match="no llama.cpp name"):
+        _tokenizer_pre(with_(r"\w+|\s+"))

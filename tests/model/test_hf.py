@@ -141,3 +141,40 @@ def test_rope_scaling_matches_transformers(tmp_path, scaling):
     scaled = ours.rope_cos.clone()
     ours.init_rope()  # unscaled tables: the logits must now differ (the test can see scaling)
     assert not torch.allclose(scaled, ours.rope_cos)
+
+
+def test_hf_dir_with_a_sentencepiece_tokenizer(tmp_path):
+    """A Llama-2-shaped directory: weights saved by transformers, a SentencePiece-style tokenizer.json
+    (trained here by `tokenizers`) and the tokenizer_config.json Llama 2 ships. The tokenizer loads
+    with its BOS rule and gives the ids `tokenizers` gives; a malformed config is a clear error."""
+    tk = pytest.importorskip("tokenizers")
+    from llmlab.data.shakespeare import shakespeare_text
+
+    _hf_model("llama", False).save_pretrained(tmp_path)
+    hf_tok = tk.Tokenizer(tk.models.BPE(unk_token="<unk>", fuse_unk=True))
+    hf_tok.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("▁"), tk.normalizers.Replace(" ", "▁")])
+    hf_tok.pre_tokenizer = None
+    hf_tok.decoder = tk.decoders.Sequence([tk.decoders.Replace("▁", " "), tk.decoders.Fuse(),
+                                           tk.decoders.Strip(" ", 1, 0)])
+    trainer = tk.trainers.BpeTrainer(vocab_size=97, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=40,
+                                     show_progress=False)
+    hf_tok.train_from_iterator(shakespeare_text(tiny=True)[:50_000].split("\n"), trainer)
+    hf_tok.post_processor = tk.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    hf_tok.save(str(tmp_path / "tokenizer.json"))
+    config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": True,
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": {"content": "<unk>", "special": True}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    _, tokenizer = load_hf_model(tmp_path)
+    assert tokenizer.kind == "spm" and tokenizer.add_bos and tokenizer.eos_id == 2
+    for text in ["ROMEO: But, soft!", "  two spaces, and an ünknown ☃ or two ☃☃", "line\nbreak"]:
+        assert tokenizer.encode(text, add_special=True) == hf_tok.encode(text).ids, text
+        ids = hf_tok.encode(text).ids
+        assert tokenizer.decode(ids) == hf_tok.decode(ids, skip_special_tokens=False)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": "yes"}))
+    with pytest.raises(LLMLabError, match="tokenizer_config.json: add_bos_token must be true or false"):
+        load_hf_model(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    hf_tok.add_special_tokens(["<extra>"])  # id 97: past the model's 97-row embedding
+    hf_tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(LLMLabError, match="belongs to another model"):
+        load_hf_model(tmp_path)

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     encode.add_argument("tokenizer", help=SOURCE_HELP)
     encode.add_argument("text", nargs="?", help="text to encode (or use --text-file)")
     encode.add_argument("--text-file", type=Path, help="read the text from this file")
-    encode.add_argument("--add-special", action="store_true", help="add BOS/EOS and parse special tokens in the text")
+    encode.add_argument("--add-special", action="store_true",
+                        help="parse special tokens in the text and add BOS/EOS where the model expects them")
     encode.add_argument("--json", action="store_true", help='print {"ids": [...], "tokens": [...]}')
 
     inspect = sub.add_parser("inspect", help="compression and vocabulary statistics")
@@ -45,6 +46,17 @@ def _text_of(data: str) -> str:
     if data in SOURCES:
         return load_text(data)[0]
     return load_text(None, data)[0]
+
+
+def _read_text_file(path: Path) -> str:
+    from llmlab.core.errors import LLMLabError
+
+    if not path.is_file():
+        raise LLMLabError(f"--text-file {path}: no such file; give a UTF-8 text file, or the text itself as an argument")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LLMLabError(f"--text-file {path} is not UTF-8 text ({e}); convert it, e.g. iconv -t utf-8") from None
 
 
 def _pieces(tok, ids: list[int]) -> list[str]:
@@ -74,27 +86,26 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "convert":
         tok = load_tokenizer(args.source)
         if args.to == "hf":
-            from llmlab.tokenizer.bpe import BPETokenizer
             from llmlab.tokenizer.formats import save_hf_tokenizer
-            if not isinstance(tok, BPETokenizer):
-                raise LLMLabError("only BPE tokenizers convert to the Hugging Face format")
             directory = args.out.parent if args.out.suffix == ".json" else args.out
             print(save_hf_tokenizer(tok, directory))
         else:
             print(tok.save(args.out))
         return 0
 
+    # The text first: a missing --text-file is reported before seconds of tokenizer loading.
+    if args.text_file:
+        text = _read_text_file(args.text_file)
+    elif args.action == "encode" and args.text is not None:
+        text = args.text
+    elif args.action == "encode":
+        raise LLMLabError("give the text as an argument or with --text-file")
+    else:
+        text = _text_of("shakespeare")
     tok = load_tokenizer(args.tokenizer)
     if args.action == "encode":
-        if args.text_file:
-            text = args.text_file.read_text(encoding="utf-8")
-        elif args.text is not None:
-            text = args.text
-        else:
-            raise LLMLabError("give the text as an argument or with --text-file")
         if args.add_special and hasattr(tok, "special_tokens"):
-            ids = tok.encode(text, allowed_special=True)
-            ids = ([tok.bos_id] if tok.bos_id is not None else []) + ids + ([tok.eos_id] if tok.eos_id is not None else [])
+            ids = tok.encode(text, allowed_special=True, add_special=True)  # as HF's add_special_tokens=True
         else:
             ids = tok.encode(text)
         pieces = _pieces(tok, ids)
@@ -110,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "inspect":
         from collections import Counter
-        text = args.text_file.read_text(encoding="utf-8") if args.text_file else _text_of("shakespeare")
         ids = tok.encode(text)
         counts = Counter(ids)
         vocab_bytes = [tok.decode_bytes([i]) if hasattr(tok, "decode_bytes") else tok.decode([i]).encode()

@@ -8,12 +8,16 @@
 Downloads go to ~/.cache/llmlab/sources (or $LLMLAB_CACHE) and are verified by sha256 before
 use, so a truncated or tampered file is never trained on. Offline, the error says how to supply
 the file. A prepared dataset (tokenized, split, memmapped) is cached under a key made of the
-text's hash, the tokenizer spec and the split fraction, so the second run starts instantly.
+text's hash, the tokenizer and the split fraction, so the second run starts instantly. The tokenizer
+part is the spec when the tokenizer is trained from the text ("char", "bpe:4096:gpt4"), and the hash
+of the tokenizer itself when the spec names a saved one: retraining a tokenizer into the same
+directory then tokenizes again instead of reusing ids from the old vocabulary.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ from llmlab.core.errors import LLMLabError
 from llmlab.core.io import atomic_write_bytes
 from llmlab.data.shakespeare import shakespeare_text
 from llmlab.data.tokens import META_FILE, TokenDataset, write_token_dataset
-from llmlab.tokenizer import build_tokenizer
+from llmlab.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,10 @@ def load_text(name: str | None, data_file: str | None = None) -> tuple[str, dict
 
 
 def prepare_dataset(name: str | None, data_file: str | None, tokenizer_spec: str,
-                    val_fraction: float = 0.1, directory: Path | None = None) -> TokenDataset:
+                    val_fraction: float = 0.1, directory: Path | None = None,
+                    tokenizer: Tokenizer | None = None) -> TokenDataset:
     """Tokenize a source once into a cached token dataset (train = first 90%, val = last 10%).
+    tokenizer: use this one (e.g. a pretrained model's, for `--init`); tokenizer_spec then only names it.
 
     A contiguous tail split (rather than random documents) is what nanoGPT and char-rnn use for
     Shakespeare; it is deterministic and keeps whole scenes out of training.
@@ -111,11 +117,12 @@ def prepare_dataset(name: str | None, data_file: str | None, tokenizer_spec: str
     if name and not data_file and Path(name, META_FILE).is_file():
         return TokenDataset.open(name)
     text, source = load_text(name, data_file)
-    key = sha256_bytes(f"{source['sha256']}|{tokenizer_spec}|{val_fraction}".encode())[:16]
+    tokenizer_key, tokenizer = _tokenizer_key(tokenizer_spec, tokenizer)
+    key = sha256_bytes(f"{source['sha256']}|{tokenizer_key}|{val_fraction}".encode())[:16]
     directory = directory or cache_dir() / "prepared" / f"{name or Path(data_file).stem}-{key}"
     if (directory / META_FILE).is_file():
         return TokenDataset.open(directory)
-    tokenizer = build_tokenizer(tokenizer_spec, text)
+    tokenizer = tokenizer or build_tokenizer(tokenizer_spec, text)
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     n_val = int(len(ids) * val_fraction)
     if n_val < 2 or len(ids) - n_val < 2:
@@ -123,3 +130,13 @@ def prepare_dataset(name: str | None, data_file: str | None, tokenizer_spec: str
     write_token_dataset(directory, tokenizer, {"train": ids[:-n_val], "val": ids[-n_val:]},
                         {**source, "tokenizer_spec": tokenizer_spec, "val_fraction": val_fraction})
     return TokenDataset.open(directory)
+
+
+def _tokenizer_key(spec: str, tokenizer: Tokenizer | None = None) -> tuple[str, Tokenizer | None]:
+    """(cache-key part, the loaded tokenizer or None). A tokenizer trained from the text is named by
+    its spec; a saved or given one (directory, tokenizer.json, .gguf, smollm2) by the hash of its content."""
+    if tokenizer is None and (spec == "char" or spec.startswith("bpe:")):
+        return spec, None
+    tokenizer = tokenizer or load_tokenizer(spec)
+    content = json.dumps(tokenizer.to_dict(), sort_keys=True, ensure_ascii=False)
+    return "tokenizer-sha256:" + sha256_bytes(content.encode("utf-8")), tokenizer

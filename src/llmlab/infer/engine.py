@@ -148,7 +148,9 @@ class Engine:
         if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
             return list(prompt)
         if isinstance(prompt, str) and (raw or (raw is None and not self.has_chat_template)):
-            return self.tokenizer.encode(prompt)
+            # BOS only where the model's files ask for it (Llama 2/3 and Mistral do; SmolLM2 and our
+            # runs do not); a chat template writes its own.
+            return self.tokenizer.encode(prompt, add_special=True)
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         return self.fit_messages(messages, max_new_tokens) if max_new_tokens is not None else self._render(messages)
 

@@ -4,7 +4,9 @@ GGUF (llama.cpp's format) is written with the `gguf` library's `GGUFWriter`; wha
 what goes in it:
 
     metadata   llama.* hyperparameters (the keys llama.cpp's loader reads), and the tokenizer as
-               tokenizer.ggml.* (byte-level BPE: token strings, types, merges, special ids, template)
+               tokenizer.ggml.* (byte-level BPE: model "gpt2", token strings, types, merges; SentencePiece
+               BPE and the character tokenizer: model "llama", tokens, scores, types; both: special
+               ids, add_bos/add_space_prefix, chat template)
     tensors    names from `llmlab.model.gguf.TENSOR_NAMES` (the same table the reader uses), q/k rows
                permuted to llama.cpp's interleaved RoPE pairing (llama arch only), matrices in F32, F16 or Q8_0;
                1-D tensors (norms, biases) always F32, as llama.cpp's converter keeps them
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from llmlab.core.errors import LLMLabError
+from llmlab.core.io import atomic_path
 from llmlab.model.config import ModelConfig
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -58,43 +61,67 @@ def _gguf_arch(config: ModelConfig) -> str:
 
 
 def _tokenizer_pre(tokenizer) -> str:
-    """llama.cpp's name for the pre-tokenizer (`tokenizer.ggml.pre`), from our pattern."""
+    """llama.cpp's name for the pre-tokenizer (`tokenizer.ggml.pre`) of a byte-level BPE tokenizer.
+    The names select regexes compiled into llama.cpp (src/llama-vocab.cpp), and some switch more on:
+    llama-bpe also turns on ignore_merges, so a Llama-3-pattern tokenizer without it is written as
+    smaug-bpe (the same regex, nothing else); "gpt-2" (not "gpt2", which llama.cpp does not know and
+    reads as its different "default" split) is GPT-2's own pattern. llama.cpp does not normalize
+    byte-level text: a Qwen2 tokenizer's NFC step is dropped, as llama.cpp's own converter drops it
+    (only text that is not already NFC encodes differently)."""
     from llmlab.tokenizer.patterns import PATTERNS
 
-    if tokenizer.pattern == PATTERNS["gpt2"]:
-        return "smollm" if tokenizer.split_digits else "gpt2"
+    if tokenizer.pattern == PATTERNS["gpt2"] and not tokenizer.ignore_merges:
+        return "smollm" if tokenizer.split_digits else "gpt-2"
     # cl100k ("gpt4") and Llama 3 split text identically (the gpt4 form only adds possessive
-    # quantifiers that cannot change a match here), and llama.cpp knows the latter as llama-bpe.
+    # quantifiers that cannot change a match here).
     if tokenizer.pattern in (PATTERNS["gpt4"], PATTERNS["llama3"]) and not tokenizer.split_digits:
-        return "llama-bpe"
-    raise LLMLabError("this tokenizer's pre-tokenization pattern has no llama.cpp name (gpt2, gpt4 and llama3 "
+        return "llama-bpe" if tokenizer.ignore_merges else "smaug-bpe"
+    if tokenizer.pattern == PATTERNS["qwen2"] and not tokenizer.split_digits and not tokenizer.ignore_merges:
+        return "qwen2"
+    raise LLMLabError("this tokenizer's pre-tokenization has no llama.cpp name (the gpt2, gpt4, llama3 and qwen2 "
                       "patterns do); export with --to hf, or pass --no-tokenizer")
 
 
 def _add_tokenizer(writer, tokenizer) -> None:
-    from llmlab.tokenizer.formats import hf_tokenizer_json
+    """tokenizer.ggml.*: byte-level BPE as model "gpt2" (tokens in GPT-2's byte alphabet + merges);
+    SentencePiece-style BPE, and the character tokenizer as a vocabulary of its characters with no
+    merges, as model "llama" (tokens with "▁" for space, scores that rank the merges, token types)."""
+    from llmlab.tokenizer.formats import exportable, hf_tokenizer_json
+    from llmlab.tokenizer.spm import SentencePieceBPE
 
-    if getattr(tokenizer, "kind", None) != "bpe":
-        raise LLMLabError(f"a {getattr(tokenizer, 'kind', type(tokenizer).__name__)} tokenizer cannot be stored in "
-                          "GGUF (only byte-level BPE); pass --no-tokenizer to export the weights alone")
-    hf = hf_tokenizer_json(tokenizer)
-    vocab = hf["model"]["vocab"]
-    tokens = [""] * len(vocab)
-    for text, i in vocab.items():
-        tokens[i] = text
-    special_ids = set(tokenizer.special_tokens.values())
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_tokenizer_pre(tokenizer))
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if i in special_ids else 1 for i in range(len(tokens))])  # 3 = control
-    writer.add_token_merges([f"{a} {b}" for a, b in hf["model"]["merges"]])
+    tokenizer = exportable(tokenizer)
+    if isinstance(tokenizer, SentencePieceBPE):
+        from llmlab.tokenizer.gguf_vocab import spm_gguf_vocab
+
+        tokens, scores, types = spm_gguf_vocab(tokenizer)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        if tokenizer.unk_id is not None:
+            writer.add_unk_token_id(int(tokenizer.unk_id))
+        add_space_prefix = tokenizer.adds_prefix
+    else:
+        hf = hf_tokenizer_json(tokenizer)
+        tokens = [""] * len(hf["model"]["vocab"])
+        for text, i in hf["model"]["vocab"].items():
+            tokens[i] = text
+        special_ids = set(tokenizer.special_tokens.values())
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(_tokenizer_pre(tokenizer))
+        writer.add_token_list(tokens)
+        writer.add_token_types([3 if i in special_ids else 1 for i in range(len(tokens))])  # 3 = control
+        writer.add_token_merges([f"{a} {b}" for a, b in hf["model"]["merges"]])
+        add_space_prefix = False
     for setter, value in ((writer.add_bos_token_id, tokenizer.bos_id), (writer.add_eos_token_id, tokenizer.eos_id),
                           (writer.add_pad_token_id, tokenizer.pad_id)):
         if value is not None:
             setter(int(value))
-    # Our encode() never adds BOS or a leading space; say so, or llama.cpp applies its own defaults.
-    writer.add_add_bos_token(False)
-    writer.add_add_space_prefix(False)
+    # Say exactly what our encoder does, or llama.cpp applies its defaults (a "llama" vocabulary:
+    # BOS and a space prefix; llama-bpe: BOS).
+    writer.add_add_bos_token(tokenizer.add_bos)
+    writer.add_add_eos_token(tokenizer.add_eos)
+    writer.add_add_space_prefix(add_space_prefix)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
@@ -102,17 +129,40 @@ def _add_tokenizer(writer, tokenizer) -> None:
 def save_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, path: str | Path,
               dtype: str = "f16", name: str = "llmlab") -> Path:
     """Write a llama.cpp-loadable GGUF file. dtype: f32 | f16 | q8_0 (for 2-D weights)."""
-    import gguf
-
-    from llmlab.model.gguf import TENSOR_NAMES
-
     if dtype not in GGUF_TYPES:
         raise LLMLabError(f"GGUF tensor type {dtype!r} is not supported for export (choose {', '.join(GGUF_TYPES)})")
     arch = _gguf_arch(config)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Written under a temporary name and renamed over `path` only when complete: an export that
+    # fails (bad input, disk full, Ctrl-C) leaves the previous file as it was and no temporary.
+    try:
+        with atomic_path(path) as tmp:
+            _write_gguf(tmp, state, config, tokenizer, arch, dtype, name)
+    except OSError as e:
+        raise LLMLabError(f"writing {path} failed ({e}); nothing was written") from None
+    return path
+
+
+def _write_gguf(tmp: Path, state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, arch: str,
+                dtype: str, name: str) -> None:
+    import gguf
+
     writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        _fill_gguf(writer, state, config, tokenizer, arch, dtype, name)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+def _fill_gguf(writer, state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, arch: str,
+               dtype: str, name: str) -> None:
+    import gguf
+
+    from llmlab.model.gguf import TENSOR_NAMES
+
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
@@ -161,40 +211,22 @@ def save_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, pa
             writer.add_tensor(gguf_name, quantize_q8_0(data), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:  # a row that is not a whole number of blocks cannot be Q8_0
             writer.add_tensor(gguf_name, data.astype(np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(path)  # atomic: a crash leaves no half-written model under the final name
-    return path
 
 
 # ----------------------------------------------------------------------------- sources
 
 
 def load_for_export(source: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Any]:
-    """(state dict, config, tokenizer or None) from an llmlab run directory / checkpoint file,
-    a Hugging Face directory, a .gguf file, or "smollm2"."""
-    source_path = Path(str(source))
-    if source_path.is_dir() and (source_path / "config.json").is_file() and \
-            ((source_path / "model.safetensors").is_file() or (source_path / "model.safetensors.index.json").is_file()):
-        from llmlab.model.hf import LLAMA_FAMILY, _rope_params, load_hf_model, read_hf_config
-        cfg = read_hf_config(source_path)
-        if cfg.get("model_type") in LLAMA_FAMILY and _rope_params(cfg)[1] is not None:
-            raise LLMLabError(f"{source_path} uses RoPE scaling, which our exports cannot record yet")
-        model, tokenizer = load_hf_model(source_path)
-        return model.state_dict(), model.config, tokenizer
-    if str(source) == "smollm2" or source_path.suffix == ".gguf":
-        from llmlab.core.assets import smollm2_gguf
-        from llmlab.model.gguf import load_gguf_state, open_gguf
-        from llmlab.tokenizer.formats import read_gguf_tokenizer
+    """(state dict, config, tokenizer or None) from any model source (llmlab.model.source)."""
+    from llmlab.model.source import load_model, resolve_source
 
-        path = smollm2_gguf() if str(source) == "smollm2" else source_path
-        reader = open_gguf(path)
-        config, state = load_gguf_state(path, reader)
-        return state, config, read_gguf_tokenizer(path, reader)
-    from llmlab.model.checkpoint import load_run_model
-    model, tokenizer, _ = load_run_model(source_path)
+    resolved = resolve_source(source)
+    if resolved.kind == "hf":
+        from llmlab.model.hf import LLAMA_FAMILY, _rope_params, read_hf_config
+        cfg = read_hf_config(resolved.path)
+        if cfg.get("model_type") in LLAMA_FAMILY and _rope_params(cfg)[1] is not None:
+            raise LLMLabError(f"{resolved.path} uses RoPE scaling, which our exports cannot record yet")
+    model, tokenizer, _ = load_model(resolved)
     return model.state_dict(), model.config, tokenizer
 
 
@@ -208,10 +240,11 @@ def export_model(source: str | Path, to: str, out: str | Path, dtype: str = "f16
     if to == "hf":
         from llmlab.model.hf import save_hf_dir
         files = save_hf_dir(state, config, tokenizer, out)
-        if tokenizer is not None and getattr(tokenizer, "kind", None) != "bpe":
-            notes.append(f"the {tokenizer.kind} tokenizer has no Hugging Face format: no tokenizer files written")
     elif to == "gguf":
         files = [save_gguf(state, config, tokenizer, out, dtype=dtype, name=Path(str(source)).name)]
+        if tokenizer is not None and tokenizer.kind == "char":
+            notes.append("llama.cpp takes id 2 of a 'llama' vocabulary that names no EOS as the end of text, and "
+                         f"here it is the character {tokenizer.decode([2])!r}: generate with --ignore-eos there")
     else:
         raise LLMLabError(f"unknown export format {to!r}: choose hf or gguf")
     n_params = sum(t.numel() for n, t in state.items() if not (n == "lm_head.weight" and config.tie_embeddings))

@@ -279,7 +279,10 @@ def load_hf_model(directory: str | Path):
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         from llmlab.tokenizer import load_tokenizer
-        tokenizer = load_tokenizer(directory)
+        tokenizer = load_tokenizer(directory)  # with tokenizer_config.json: special tokens, BOS rule, template
+        if tokenizer.vocab_size > config.vocab_size:
+            raise LLMLabError(f"{directory}/tokenizer.json has ids up to {tokenizer.vocab_size - 1}, but config.json "
+                              f"says the model has {config.vocab_size} tokens: the tokenizer belongs to another model")
     return model, tokenizer
 
 
@@ -366,8 +369,9 @@ def hf_state_from_model(state: dict[str, torch.Tensor], config: ModelConfig) -> 
 
 
 def save_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, directory: str | Path) -> list[Path]:
-    """Write config.json, model.safetensors and (for BPE tokenizers) tokenizer files into `directory`.
-    Returns the files written. Character-level tokenizers have no HF equivalent and are skipped."""
+    """Write config.json, model.safetensors and the tokenizer files into `directory`; returns the
+    files written. A character tokenizer is written as a BPE vocabulary of its characters with no
+    merges (same ids), so transformers runs a char model with its tokenizer too."""
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -377,7 +381,7 @@ def save_hf_dir(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, 
     written = [directory / SINGLE_FILE]
     atomic_write_text(directory / "config.json", json.dumps(hf_config_from_model(config, tokenizer), indent=2))
     written.append(directory / "config.json")
-    if tokenizer is not None and getattr(tokenizer, "kind", None) == "bpe":
+    if tokenizer is not None and getattr(tokenizer, "kind", None) in ("bpe", "spm", "char"):
         from llmlab.tokenizer.formats import save_hf_tokenizer
         save_hf_tokenizer(tokenizer, directory)
         written += [directory / "tokenizer.json", directory / "tokenizer_config.json"]

@@ -4,7 +4,10 @@
     char.py       character-level tokenizer
     patterns.py   pre-tokenization regexes (GPT-2, GPT-4 cl100k, Llama 3)
     bpe.py        byte-level BPE: rank-merge encoder and the incremental trainer
-    formats.py    Hugging Face tokenizer.json (read/write) and GGUF (read)
+    spm.py        SentencePiece-style BPE ("▁" spaces, byte fallback): Llama 2, Mistral, TinyLlama
+    steps.py      the tokenizer.json normalizer/decoder steps spm.py runs, as HF runs them
+    formats.py    Hugging Face tokenizer.json (read/write), both BPE families
+    gguf_vocab.py GGUF tokenizer metadata (read; the SentencePiece arrays for export)
     chat.py       chat templates rendered as Hugging Face does
     fast.py       the same vocabulary through HF `tokenizers`, for bulk encoding
 """
@@ -18,9 +21,10 @@ from llmlab.core.errors import LLMLabError
 from llmlab.tokenizer.base import TOKENIZER_FILE, Tokenizer
 from llmlab.tokenizer.bpe import BPETokenizer, train_bpe
 from llmlab.tokenizer.char import CharTokenizer
+from llmlab.tokenizer.spm import SentencePieceBPE
 
 # type name in a saved dict -> class.
-TOKENIZER_TYPES: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer}
+TOKENIZER_TYPES: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "spm": SentencePieceBPE}
 
 
 def tokenizer_from_dict(data: dict) -> Tokenizer:
@@ -72,5 +76,5 @@ def build_tokenizer(spec: str, text: str) -> Tokenizer:
     return load_tokenizer(spec)
 
 
-__all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "train_bpe", "TOKENIZER_TYPES", "tokenizer_from_dict",
-           "load_tokenizer", "build_tokenizer"]
+__all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "SentencePieceBPE", "train_bpe", "TOKENIZER_TYPES",
+           "tokenizer_from_dict", "load_tokenizer", "build_tokenizer"]

@@ -13,17 +13,26 @@ an index pair -> words containing it, and a merge touches only those words, upda
 difference. The next best pair comes from a max-heap with lazy deletion (an entry is used only if
 its count is still current). Cost: O(sum over merges of the lengths of the words the merge touches,
 x log) -- seconds instead of minutes.
+
+Options real vocabularies need (read from their files by `formats.py`):
+    normalizer     Unicode normalization applied before splitting ("NFC" for Qwen2): a decomposed
+                   "e" + U+0301 then encodes exactly like the precomposed "é"
+    ignore_merges  (Llama 3) a pre-token that is itself in the vocabulary is emitted as that one id,
+                   without replaying merges, which can end elsewhere (HF `ignore_merges`, llama.cpp
+                   turns it on for the llama-bpe pre-tokenizer)
+    add_bos/eos    what `encode(text, add_special=True)` frames the ids with (see base.py)
 """
 
 from __future__ import annotations
 
 import heapq
+import unicodedata
 from collections import Counter, defaultdict
 
 import regex
 
 from llmlab.core.errors import LLMLabError
-from llmlab.tokenizer.base import Tokenizer
+from llmlab.tokenizer.base import Tokenizer, special_pattern, split_special
 from llmlab.tokenizer.patterns import pretokenize, resolve_pattern
 
 
@@ -41,6 +50,7 @@ def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+UNICODE_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")
 # Lone surrogates are possible in Python strings but have no UTF-8 form.
 _SURROGATE = regex.compile("[\ud800-\udfff]")
 
@@ -53,8 +63,14 @@ class BPETokenizer(Tokenizer):
     def __init__(self, vocab: list[bytes], merges: list[tuple[int, int]], pattern: str = "gpt2",
                  special_tokens: dict[str, int] | None = None, split_digits: bool = False,
                  bos_id: int | None = None, eos_id: int | None = None, pad_id: int | None = None,
-                 chat_template: str | None = None, bos_token: str | None = None, eos_token: str | None = None):
+                 chat_template: str | None = None, bos_token: str | None = None, eos_token: str | None = None,
+                 normalizer: str | None = None, ignore_merges: bool = False, add_bos: bool = False,
+                 add_eos: bool = False):
+        if normalizer not in UNICODE_FORMS:
+            raise LLMLabError(f"unknown normalizer {normalizer!r}: use one of NFC, NFD, NFKC, NFKD or None")
         self.vocab = list(vocab)
+        self.normalizer, self.ignore_merges = normalizer, bool(ignore_merges)
+        self.add_bos, self.add_eos = bool(add_bos), bool(add_eos)
         self.merges = [tuple(m) for m in merges]
         self.pattern = resolve_pattern(pattern)
         self.split_digits = split_digits
@@ -65,6 +81,7 @@ class BPETokenizer(Tokenizer):
         self.eos_token = eos_token if eos_token is not None else self._name_of(eos_id)
         special_ids = set(self.special_tokens.values())
         lookup = {tok: i for i, tok in enumerate(self.vocab) if i not in special_ids}
+        self._lookup = lookup
         # Id of each single byte. Some real vocabularies lack a few control bytes; like Hugging
         # Face's BPE without an unknown token, we drop such a byte when encoding.
         self.byte_ids = [lookup.get(bytes([b])) for b in range(256)]
@@ -77,9 +94,7 @@ class BPETokenizer(Tokenizer):
                 raise LLMLabError(f"merge {rank} ({self.vocab[a]!r} + {self.vocab[b]!r}) produces a token "
                                   "missing from the vocabulary: the merges do not belong to this vocabulary")
             self.ranks[(a, b)] = (rank, merged)
-        self._special_re = (regex.compile("|".join(regex.escape(s) for s in sorted(self.special_tokens, key=len,
-                                                                                     reverse=True)))
-                            if self.special_tokens else None)
+        self._special_re = special_pattern(self.special_tokens)
         self._cache: dict[str, list[int]] = {}
 
     def _name_of(self, token_id: int | None) -> str | None:
@@ -91,7 +106,10 @@ class BPETokenizer(Tokenizer):
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        ids = [self.byte_ids[b] for b in piece.encode("utf-8") if self.byte_ids[b] is not None]
+        data = piece.encode("utf-8")
+        if self.ignore_merges and data in self._lookup:
+            return [self._lookup[data]]
+        ids = [self.byte_ids[b] for b in data if self.byte_ids[b] is not None]
         while len(ids) > 1:
             best, best_rank = None, None
             for pair in zip(ids, ids[1:]):
@@ -111,27 +129,22 @@ class BPETokenizer(Tokenizer):
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: the documented rule is U+FFFD
             text = _SURROGATE.sub("\ufffd", text)
+        if self.normalizer:
+            text = unicodedata.normalize(self.normalizer, text)
         out: list[int] = []
         for piece in pretokenize(text, self.pattern, self.split_digits):
             out.extend(self._encode_piece(piece))
         return out
 
-    def encode(self, text: str, allowed_special: bool | str | set = False) -> list[int]:
-        """Ids for `text` (no BOS/EOS added). With allowed_special=True/"all" (or a set of names),
-        special tokens written literally in the text, e.g. "<|im_start|>", become their ids;
-        by default they are encoded as ordinary text, so user input cannot inject control tokens."""
-        if not allowed_special or self._special_re is None:
-            return self.encode_ordinary(text)
-        allowed = set(self.special_tokens) if allowed_special in (True, "all") else set(allowed_special)
-        out, start = [], 0
-        for m in self._special_re.finditer(text):
-            if m.group() not in allowed:
-                continue
-            out.extend(self.encode_ordinary(text[start:m.start()]))
-            out.append(self.special_tokens[m.group()])
-            start = m.end()
-        out.extend(self.encode_ordinary(text[start:]))
-        return out
+    def encode(self, text: str, allowed_special: bool | str | set = False, add_special: bool = False) -> list[int]:
+        """Ids for `text`. With allowed_special=True/"all" (or a set of names), special tokens written
+        literally in the text, e.g. "<|im_start|>", become their ids; by default they are encoded as
+        ordinary text, so user input cannot inject control tokens. add_special=True adds BOS/EOS as
+        the model expects (`add_bos` / `add_eos`), like HF's add_special_tokens=True."""
+        out: list[int] = []
+        for part in split_special(text, self._special_re, self.special_tokens, allowed_special):
+            out.extend([part] if isinstance(part, int) else self.encode_ordinary(part))
+        return self.with_special(out) if add_special else out
 
     # ------------------------------------------------------------------ decode
 
@@ -163,14 +176,16 @@ class BPETokenizer(Tokenizer):
                 "vocab": [t.decode("latin-1") for t in self.vocab], "merges": [list(m) for m in self.merges],
                 "special_tokens": self.special_tokens, "bos_id": self.bos_id, "eos_id": self.eos_id,
                 "pad_id": self.pad_id, "chat_template": self.chat_template,
-                "bos_token": self.bos_token, "eos_token": self.eos_token}
+                "bos_token": self.bos_token, "eos_token": self.eos_token, "normalizer": self.normalizer,
+                "ignore_merges": self.ignore_merges, "add_bos": self.add_bos, "add_eos": self.add_eos}
 
     @classmethod
     def from_dict(cls, data: dict) -> "BPETokenizer":
         return cls([t.encode("latin-1") for t in data["vocab"]], [tuple(m) for m in data["merges"]],
                    data["pattern"], data.get("special_tokens"), data.get("split_digits", False),
                    data.get("bos_id"), data.get("eos_id"), data.get("pad_id"), data.get("chat_template"),
-                   data.get("bos_token"), data.get("eos_token"))
+                   data.get("bos_token"), data.get("eos_token"), data.get("normalizer"),
+                   data.get("ignore_merges", False), data.get("add_bos", False), data.get("add_eos", False))
 
 
 # ---------------------------------------------------------------------- training

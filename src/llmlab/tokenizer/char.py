@@ -3,6 +3,9 @@
 The simplest tokenizer that works, and the classic one for Shakespeare (65 symbols in
 tinyshakespeare). Characters outside the vocabulary are an error on encode rather than a
 silent substitution, because a silently wrong id would make the model's loss meaningless.
+
+It has no BOS/EOS, so `add_special` changes nothing. Exported (HF tokenizer.json, GGUF) it becomes a
+BPE vocabulary of the same characters with no merges (`formats.exportable`), which gives the same ids.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ class CharTokenizer(Tokenizer):
     def train(cls, text: str) -> "CharTokenizer":
         return cls(sorted(set(text)))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special: bool = False) -> list[int]:
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:

@@ -10,11 +10,12 @@ import json
 from collections.abc import Callable
 
 from llmlab.core.errors import LLMLabError
-from llmlab.tokenizer.bpe import BPETokenizer
+from llmlab.tokenizer.base import Tokenizer
 from llmlab.tokenizer.formats import hf_tokenizer_json
 
 
-def fast_encoder(tokenizer: BPETokenizer) -> Callable[[str], list[int]]:
+def fast_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
+    """`encode` through HF `tokenizers` for any tokenizer with a tokenizer.json form (bpe, spm, char)."""
     try:
         from tokenizers import Tokenizer as HFTokenizer
     except ImportError:

@@ -8,6 +8,8 @@ letters never share a token, and runs of spaces stay separate from the word that
     gpt4     cl100k_base (tiktoken): case-insensitive contractions, numbers in groups of 1-3,
              punctuation runs, newlines kept apart from other whitespace
     llama3   Llama 3's variant of the gpt4 pattern
+    qwen2    Qwen2's: the llama3 pattern with single digits (one \\p{N} instead of 1-3); llama.cpp's
+             "qwen2" pre-tokenizer (src/llama-vocab.cpp) runs the same regex, case-expanded
     none     no pre-tokenization: the whole text is one piece
 
 `split_digits` first isolates every digit (as SmolLM2/StarCoder tokenizers do with HF's
@@ -24,6 +26,7 @@ PATTERNS: dict[str, str] = {
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
     "none": "",
 }
 _DIGIT = regex.compile(r"(\p{N})")

@@ -40,8 +40,9 @@ def default_run_dir(preset: str) -> Path:
     return Path("runs") / f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def load_data(run: RunConfig) -> TokenDataset:
-    return prepare_dataset(run.data.data, run.data.data_file, run.data.tokenizer, run.data.val_fraction)
+def load_data(run: RunConfig, tokenizer=None) -> TokenDataset:
+    return prepare_dataset(run.data.data, run.data.data_file, run.data.tokenizer, run.data.val_fraction,
+                           tokenizer=tokenizer)
 
 
 def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer, TokenDataset, torch.device, dict | None]:
@@ -53,7 +54,7 @@ def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer
     setup_backends(device)
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
-    base, pretrained = None, None
+    base, pretrained, tokenizer = None, None, None
     if run.init:
         from llmlab.model.source import load_model, resolve_source
 
@@ -68,7 +69,7 @@ def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer
         run.model = pretrained.config
         if run.data.tokenizer == "char":
             run.data = dataclasses.replace(run.data, tokenizer=run.init)
-    data = load_data(run)
+    data = load_data(run, tokenizer)
     vocab = data.tokenizer.vocab_size
     if run.model.vocab_size < vocab:  # 0 means "take it from the tokenizer"; larger pads (e.g. 50304)
         if run.model.vocab_size:
