@@ -19,28 +19,16 @@ from typing import IO, Any
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to `path`; on clean exit it replaces `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Anything went wrong (including Ctrl-C): drop the partial file, keep the old one.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path next to `path` for writers that open files themselves (e.g. gguf's
-    GGUFWriter); on clean exit it is fsynced and replaces `path`, on any error it is removed."""
+    """A temporary path next to `path` (for writers that open files themselves, e.g. gguf's
+    GGUFWriter, and for `atomic_open`); on clean exit it is fsynced and replaces `path`; on any
+    error, Ctrl-C included, it is removed and the old file is kept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
@@ -56,6 +44,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except FileNotFoundError:
             pass
         raise
+
+
+def read_json_object(path: str | os.PathLike, fix: str) -> dict[str, Any]:
+    """A JSON object from `path`, or an LLMLabError naming the file and ending with `fix`."""
+    from llmlab.core.errors import LLMLabError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LLMLabError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise LLMLabError(f"{path} must hold a JSON object, not {type(data).__name__}; {fix}")
+    return data
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

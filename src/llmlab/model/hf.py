@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from llmlab.core.errors import LLMLabError
-from llmlab.core.io import atomic_write_bytes, atomic_write_text
+from llmlab.core.io import atomic_write_bytes, atomic_write_text, read_json_object
 from llmlab.model.config import ModelConfig
 
 SINGLE_FILE = "model.safetensors"
@@ -93,10 +93,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise LLMLabError(f"{directory} has no config.json: it is not a Hugging Face model directory")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LLMLabError(f"{path} is not valid JSON ({e})") from None
+    return read_json_object(path, "it is not a model config transformers wrote")
 
 
 def _rope_params(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

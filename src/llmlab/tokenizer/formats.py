@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from llmlab.core.errors import LLMLabError
-from llmlab.core.io import atomic_write_text
+from llmlab.core.io import atomic_write_text, read_json_object
 from llmlab.tokenizer.bpe import UNICODE_FORMS, BPETokenizer
 from llmlab.tokenizer.patterns import PATTERNS
 from llmlab.tokenizer.spm import SentencePieceBPE
@@ -147,12 +147,7 @@ def read_tokenizer_config(directory: Path) -> dict:
     if not path.is_file():
         return {}
     fix = "fix it, or delete it to use tokenizer.json alone"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LLMLabError(f"{path} is not valid JSON ({e}); {fix}") from None
-    if not isinstance(config, dict):
-        raise LLMLabError(f"{path} must hold a JSON object, not {type(config).__name__}; {fix}")
+    config = read_json_object(path, fix)
     for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
         value = config.get(key)
         if isinstance(value, dict):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from llmlab.core.errors import LLMLabError
+from llmlab.core.io import read_json_object
 from llmlab.train.metrics import plot_losses, read_metrics
 
 
@@ -23,12 +24,7 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise LLMLabError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LLMLabError(f"{config_path} is not valid JSON ({e}); it was edited or cut short") from None
-    if not isinstance(config, dict):
-        raise LLMLabError(f"{config_path} holds a JSON {type(config).__name__}, not a run config object")
+    config = read_json_object(config_path, "it was edited or cut short")
     return config, read_metrics(run_dir)
 
 
