@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import random
 import shutil
@@ -200,6 +201,10 @@ def main() -> int:
         print(f"{build_input(args.write_input, n)} documents -> {args.write_input}")
         return 0
     print(describe())
+    # the peer; its Gopher/C4 filters also need spacy (word and sentence splits) and orjson (reader)
+    missing = [m for m in ("datatrove", "spacy", "orjson") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"the peer needs {', '.join(missing)}: .venv/bin/pip install datatrove==0.10.1 spacy orjson")
     tmp = Path(tempfile.mkdtemp(prefix="llmlab-pipeline-bench-"))
     try:
         n = build_input(tmp / "in", n)

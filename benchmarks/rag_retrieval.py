@@ -8,6 +8,10 @@ Corpus: the 2,067 paragraphs; queries: the questions; gold: the question's own p
 the same run: sentence-transformers (same model, same 256-token truncation) for dense recall and
 embedding throughput; bm25s for BM25 on the same tokenization. Embeddings are cached under
 benchmarks/.cache/; throughput is always re-measured, on the same paragraphs for both encoders.
+
+Rank lists are built as `Retriever.search` builds them: BM25 lists hold only documents with a
+positive score (a document sharing no query term is not a hit), and hybrid fuses the top 100 of
+each list, with the 101st score as weighted fusion's floor (`rag/hybrid.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from _machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -62,7 +68,8 @@ def metrics_from_ranks(found: np.ndarray, gold: np.ndarray) -> dict:
 
 
 def rank_lists(score_fn, n_queries: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, scores), each (n_queries, depth), best first; -1 / -inf pad a short list."""
+    """(ids, scores), each (n_queries, depth), best first; -1 / -inf pad a short list. Documents
+    scoring 0 are left out, as `BM25.search` leaves them out."""
     from llmlab.rag.bm25 import top_k
 
     out = np.full((n_queries, depth), -1, dtype=np.int64)
@@ -70,8 +77,12 @@ def rank_lists(score_fn, n_queries: int, depth: int) -> tuple[np.ndarray, np.nda
     for i in range(n_queries):
         s = score_fn(i)
         idx = top_k(s, depth)
+        idx = idx[s[idx] > 0]
         out[i, : len(idx)], scores[i, : len(idx)] = idx, s[idx]
     return out, scores
+
+
+CANDIDATES = 100  # top-N of each list that hybrid fuses (RetrievalConfig.candidates)
 
 
 def rrf(a: np.ndarray, b: np.ndarray, depth: int = 10, k: int = 60) -> np.ndarray:
@@ -79,22 +90,61 @@ def rrf(a: np.ndarray, b: np.ndarray, depth: int = 10, k: int = 60) -> np.ndarra
 
     out = np.full((len(a), depth), -1, dtype=np.int64)
     for i in range(len(a)):
-        fused = reciprocal_rank_fusion([[x for x in a[i] if x >= 0], [x for x in b[i] if x >= 0]], k=k, top=depth)
+        fused = reciprocal_rank_fusion([[x for x in a[i, :CANDIDATES] if x >= 0], [x for x in b[i, :CANDIDATES] if x >= 0]],
+                                       k=k, top=depth)
         out[i, : len(fused)] = [j for j, _ in fused]
     return out
 
 
 def weighted(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndarray], alpha: float,
-             depth: int = 10) -> np.ndarray:
-    """Weighted score fusion (min-max normalised, alpha on dense) of two (ids, scores) rank lists."""
+             depth: int = 10, fusion=None) -> np.ndarray:
+    """Weighted score fusion (alpha on dense) of two (ids, scores) rank lists of CANDIDATES + 1 entries."""
     from llmlab.rag.hybrid import weighted_fusion
 
     out = np.full((len(dense[0]), depth), -1, dtype=np.int64)
     for i in range(len(out)):
         pairs = [[(int(j), float(v)) for j, v in zip(ids[i], sc[i]) if j >= 0] for ids, sc in (dense, sparse)]
-        fused = weighted_fusion(pairs[0], pairs[1], alpha, top=depth)
+        if fusion is None:
+            fused = weighted_fusion(pairs[0], pairs[1], alpha, top=depth, candidates=CANDIDATES)
+        else:
+            fused = fusion(pairs[0][:CANDIDATES], pairs[1][:CANDIDATES], alpha, top=depth)
         out[i, : len(fused)] = [j for j, _ in fused]
     return out
+
+
+def minmax_lowest_is_absent(dense, sparse, alpha, top):
+    """The weighted fusion llmlab had before: plain min-max per list, so a list's lowest hit (and
+    a single-hit list's only hit) scored 0, like an absent item. Kept here to measure the fix."""
+    def minmax(pairs):
+        if not pairs:
+            return {}
+        lo, hi = min(s for _, s in pairs), max(s for _, s in pairs)
+        span = hi - lo if hi > lo else 1.0
+        return {i: (s - lo) / span for i, s in pairs}
+
+    d, s = minmax(dense), minmax(sparse)
+    fused = {i: alpha * d.get(i, 0.0) + (1 - alpha) * s.get(i, 0.0) for i in set(d) | set(s)}
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+
+def rare_terms(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndarray], gold: np.ndarray) -> None:
+    """The questions where weighted fusion's normalisation matters: BM25 (stemmed) lists shorter
+    than the 100 candidates, i.e. queries whose terms occur in few paragraphs."""
+    hits = (sparse[0][:, :CANDIDATES] >= 0).sum(1)
+    groups = [(f"BM25 list < {CANDIDATES} hits", hits < CANDIDATES), ("BM25 list <= 5 hits", hits <= 5),
+              ("BM25 list = 1 hit", hits == 1)]
+    print("\nQuestions with few BM25 hits (all questions, dense + bm25 stemmed), recall@1 / recall@5:\n")
+    print("| retriever | " + " | ".join(f"{name} ({mask.sum():,} q.)" for name, mask in groups) + " |")
+    print("|---|" + "---:|" * len(groups))
+    runs = (("dense alone", dense[0][:, :10]), ("bm25 alone", sparse[0][:, :10]), ("RRF k=60", rrf(dense[0], sparse[0])),
+            ("weighted, alpha=0.5, floor-anchored (now)", weighted(dense, sparse, 0.5)),
+            ("weighted, alpha=0.5, plain min-max (before)", weighted(dense, sparse, 0.5, fusion=minmax_lowest_is_absent)))
+    for name, found in runs:
+        cells = []
+        for _, mask in groups:
+            m = metrics_from_ranks(found[mask], gold[mask])
+            cells.append(f"{m['recall@1']:.3f} / {m['recall@5']:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def fusion_study(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndarray], gold: np.ndarray) -> None:
@@ -113,6 +163,8 @@ def fusion_study(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray,
     for name, found in (("RRF k=60", rrf(dense[0][test], sparse[0][test])),
                         (f"weighted, alpha={best} (tuned)", weighted(half(dense, test), half(sparse, test), best)),
                         ("weighted, alpha=0.5 (default)", weighted(half(dense, test), half(sparse, test), 0.5)),
+                        ("weighted, alpha=0.5, plain min-max (lowest hit = absent; before the fix)",
+                         weighted(half(dense, test), half(sparse, test), 0.5, fusion=minmax_lowest_is_absent)),
                         ("dense alone", dense[0][test][:, :10]), ("bm25 alone", sparse[0][test][:, :10])):
         m = metrics_from_ranks(found, gold[test])
         print(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
@@ -127,6 +179,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(args.threads)
+    print(describe(threads=args.threads))
 
     from sentence_transformers import SentenceTransformer
 
@@ -159,7 +212,7 @@ def main() -> int:
     q_st = cached(f"squad-questions-st-{nq}.npy", lambda: st.encode(questions, batch_size=32, normalize_embeddings=True))
     cos = float(np.min((p_ours * p_st).sum(1)))
 
-    depth = 100
+    depth = CANDIDATES + 1  # the 101st score is weighted fusion's floor
     dense_ours, dense_scores = ExactIndex(p_ours).search_batch(q_ours, depth)
     dense_st, _ = ExactIndex(p_st).search_batch(q_st, depth)
     rows = {"dense: llmlab MiniLM": metrics_from_ranks(dense_ours, gold),
@@ -193,9 +246,15 @@ def main() -> int:
     for label in ("plain", "stemmed"):
         rows[f"hybrid weighted, alpha=0.5, the default (dense + bm25 {label})"] = metrics_from_ranks(
             weighted((dense_ours, dense_scores), (sparse[label], sparse_scores[label]), 0.5), gold)
+    rows["hybrid weighted, alpha=0.5, plain min-max: lowest hit = absent, before the fix (dense + bm25 stemmed)"] = \
+        metrics_from_ranks(weighted((dense_ours, dense_scores), (sparse["stemmed"], sparse_scores["stemmed"]), 0.5,
+                                    fusion=minmax_lowest_is_absent), gold)
 
+    short = (sparse["stemmed"][:, :CANDIDATES] >= 0).sum(1)
     print(f"\nSQuAD v1.1 dev: {len(paras):,} paragraphs, {nq:,} questions; dense = exact search; "
-          f"hybrid = RRF k=60 or weighted score fusion over top-100 of each\n")
+          f"hybrid = RRF k=60 or weighted score fusion over top-100 of each. Questions whose stemmed BM25 "
+          f"list is shorter than 100 (rare terms): {(short < CANDIDATES).sum():,}; of at most 5: {(short <= 5).sum():,}; "
+          f"a single hit: {(short == 1).sum():,}\n")
     cols = ["recall@1", "recall@5", "recall@10", "mrr@10"]
     print("| retriever | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for name, m in rows.items():
@@ -209,6 +268,7 @@ def main() -> int:
         a, b = rows[f"bm25 {label}: llmlab"]["q/s"], rows[f"bm25 {label}: bm25s"]["q/s"]
         print(f"| BM25 {label} queries/s llmlab / bm25s (full score vector per query) | {a:,.0f} / {b:,.0f} = {a / b:.2f}x |")
 
+    rare_terms((dense_ours, dense_scores), (sparse["stemmed"], sparse_scores["stemmed"]), gold)
     fusion_study((dense_ours, dense_scores), (sparse["stemmed"], sparse_scores["stemmed"]), gold)
     stemmed = (sparse["stemmed"], sparse_scores["stemmed"])
     recall_curve({"dense (MiniLM)": dense_ours, "BM25 (stemmed)": sparse["stemmed"],

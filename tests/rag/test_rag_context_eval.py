@@ -56,3 +56,21 @@ def test_metrics_and_hits(tmp_path):
     qa.write_text("{broken\n")
     with pytest.raises(LLMLabError, match="qa.jsonl:1"):
         load_qa(qa)
+
+
+def test_weighted_fusion_single_or_lowest_hit_is_not_absent():
+    # A rare term: BM25 matched one chunk only. That hit must carry the full sparse weight,
+    # not 0 (which is what an absent item gets), so it beats dense-only items.
+    dense = [(1, 0.9), (2, 0.8), (3, 0.7)]
+    fused = dict(weighted_fusion(dense, [(3, 12.0)], alpha=0.5))
+    assert fused[3] == pytest.approx(0.5 * 0.7 / 0.9 + 0.5)
+    assert max(fused, key=fused.get) == 3
+    # a list's lowest hit still scores above an item absent from that list
+    fused = dict(weighted_fusion([(1, 0.9), (2, 0.5)], [(7, 2.0)], alpha=0.5))
+    assert fused[2] == pytest.approx(0.5 * 0.5 / 0.9) and fused[7] == pytest.approx(0.5)
+    # with the item just past the cut known (candidates=N), it is the floor: the N-th hit stays > 0
+    fused = dict(weighted_fusion([(1, 0.9), (2, 0.5), (3, 0.4)], [], alpha=1.0, candidates=2))
+    assert set(fused) == {1, 2} and fused[1] == pytest.approx(1.0) and fused[2] == pytest.approx(0.2)
+    # ties with the cut are indistinguishable from absent items: 0
+    fused = dict(weighted_fusion([(1, 0.9), (2, 0.4), (3, 0.4)], [], alpha=1.0, candidates=2))
+    assert fused[2] == 0.0

@@ -69,3 +69,22 @@ def test_load_refuses_garbage(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a numpy file")
     with pytest.raises(LLMLabError, match="rebuild"):
         HNSW.load(tmp_path / "bad.npz")
+
+
+def test_add_after_load_continues_the_level_stream(tmp_path):
+    # build-then-add after a save/load must equal build-then-add without it: the level RNG is
+    # saved with the graph instead of being re-seeded on load.
+    x, _ = clustered(300, dim=16, seed=3)
+    a = HNSW(16, M=6, ef_construction=20, seed=7)
+    a.add(x[:150])
+    a.add(x[150:])
+    b = HNSW(16, M=6, ef_construction=20, seed=7)
+    b.add(x[:150])
+    b.save(tmp_path / "g.npz")
+    b = HNSW.load(tmp_path / "g.npz")
+    b.add(x[150:])
+    assert (a.levels[:300] == b.levels[:300]).all() and a.levels[:300].max() > 0
+    assert (a.links0[:300] == b.links0[:300]).all()
+    assert [sorted(layer) for layer in a.upper] == [sorted(layer) for layer in b.upper]
+    assert all((layer[n] == other[n]).all() for layer, other in zip(a.upper, b.upper) for n in layer)
+    assert (a.entry, a.max_level) == (b.entry, b.max_level)

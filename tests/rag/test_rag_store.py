@@ -1,11 +1,14 @@
 """The store: incremental re-index by hash, deletions, reopen without re-embedding, refusals."""
 
+import json
 import sqlite3
 
 import pytest
 
+from llmlab.cli import main
 from llmlab.core.errors import LLMLabError
 from llmlab.rag.embed import Embedder
+from llmlab.rag.hnsw import HNSW
 from llmlab.rag.ingest import iter_files, read_document
 from llmlab.rag.store import Retriever, Store
 
@@ -103,6 +106,47 @@ def test_missing_graph_file_is_rebuilt(tmp_path, embedder):
         f.unlink()
     r = Retriever(Store(tmp_path / "kb"), embedder)
     assert len(r.graph) == len(r.chunks)
+
+
+def test_interrupted_graph_build_is_detected_and_rebuilt(tmp_path, embedder, monkeypatch, capsys):
+    # Ctrl-C during the graph build of a re-index: the SQLite transaction has committed the new
+    # chunks, the graph file on disk is the previous generation. Opening the store must notice
+    # (chunk version / label check) and rebuild instead of searching a graph with dead labels.
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_docs(root)
+    index(tmp_path / "kb", root, embedder)
+    (root / "loops.txt").write_text("A while loop repeats as long as its condition is true.")
+    (root / "cats.html").unlink()
+
+    def ctrl_c(self, vector, label):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(HNSW, "_insert", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            index(tmp_path / "kb", root, embedder)
+    capsys.readouterr()
+    assert main(["rag", "search", str(tmp_path / "kb"), "while loop condition", "-k", "3", "--mode", "dense",
+                 "--ann", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "stale" in out.err
+    hits = json.loads(out.out)
+    assert hits[0]["source"].endswith("loops.txt") and not any(h["source"].endswith("cats.html") for h in hits)
+    r = Retriever(Store(tmp_path / "kb"), embedder)  # the rebuilt graph was saved: no second rebuild
+    ann = r.search("while loop condition", 3, "dense", ann=True)
+    assert "stale" not in capsys.readouterr().err
+    assert [h["id"] for h in ann] == [h["id"] for h in r.search("while loop condition", 3, "dense")]
+
+
+def test_hybrid_gives_a_lone_bm25_hit_its_full_weight(tmp_path, embedder):
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_docs(root)
+    index(tmp_path / "kb", root, embedder)
+    r = Retriever(Store(tmp_path / "kb"), embedder)
+    hits = r.search("sixteen", 3, "hybrid", alpha=0.2)  # the only chunk with the word
+    assert hits[0]["source"].endswith("cats.html") and hits[0]["score"] >= 0.8
 
 
 def test_refuses_other_model_and_format(tmp_path, embedder):

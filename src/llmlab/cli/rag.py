@@ -64,6 +64,26 @@ def _embedder():
     return Embedder()
 
 
+def _check_chunking(chunk: ChunkConfig) -> None:
+    if chunk.chunk_size < 1:
+        raise LLMLabError(f"--chunk-size {chunk.chunk_size}: a chunk must hold at least one token; use e.g. 200")
+    if chunk.overlap < 0:
+        raise LLMLabError(f"--overlap {chunk.overlap}: the overlap is a number of tokens, 0 or more")
+    if chunk.chunking == "fixed" and chunk.overlap >= chunk.chunk_size:
+        raise LLMLabError(f"--overlap {chunk.overlap} must be smaller than --chunk-size {chunk.chunk_size} "
+                          f"(each window must move forward): use e.g. --overlap {chunk.chunk_size // 5}")
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise LLMLabError(f"--k {text!r}: give a comma list of positive integers, e.g. --k 1,5,10")
+    return ks
+
+
 def _index(args: argparse.Namespace) -> int:
     from llmlab.rag.ingest import builtin_documents, iter_files, read_document
     from llmlab.rag.store import Store
@@ -78,9 +98,10 @@ def _index(args: argparse.Namespace) -> int:
         root = Path(p).resolve()
         if root.is_dir():
             prune.append(str(root) + "/")
+    chunk = apply_flags(ChunkConfig(), args)
+    _check_chunking(chunk)  # before reading anything or creating the store
     for f in iter_files(args.paths):
         docs.append(read_document(f.resolve()))
-    chunk = apply_flags(ChunkConfig(), args)
     store = Store(args.store, create=True)
     stats = store.index(docs, _embedder(), prune, chunk.chunking, chunk.chunk_size, chunk.overlap,
                         show_progress=not args.json)
@@ -119,7 +140,7 @@ def _search(args: argparse.Namespace) -> int:
 
 def _ask(args: argparse.Namespace) -> int:
     from llmlab.infer import Engine, SamplingConfig
-    from llmlab.rag.context import build_messages, format_sources, pack_context
+    from llmlab.rag.context import fit_context, format_sources
 
     hits = _search_hits(args, args.question)
     for h in hits:  # sentence-window chunks hand their wider window to the generator
@@ -127,10 +148,12 @@ def _ask(args: argparse.Namespace) -> int:
             h["text"] = h["window"]
     print(f"loading {args.model} ...", file=sys.stderr)
     engine = Engine.load(args.model, device=args.device)
-    budget = min(args.context_tokens, engine.max_context - args.max_new_tokens - 200)
     count = lambda text: len(engine.tokenizer.encode(text))  # noqa: E731 - budget in the generator's tokens
-    chunks = pack_context(hits, budget, count, args.order)
-    messages = build_messages(args.question, chunks)
+    chunks, messages, note = fit_context(args.question, hits, count, lambda m: len(engine.encode_prompt(m)),
+                                         engine.max_context, args.max_new_tokens, args.context_tokens, args.order,
+                                         engine.name or args.model)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0)
     answer = []
     for delta in engine.chat_stream(messages, config):
@@ -154,7 +177,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     items, skipped = load_qa(args.qa)
     items = items[: args.limit] if args.limit else items
-    ks = [int(k) for k in args.k.split(",")]
+    ks = _parse_ks(args.k)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("dense", "bm25", "hybrid", "naive")]
     if bad:

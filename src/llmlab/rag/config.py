@@ -19,8 +19,8 @@ class ChunkConfig:
 class RetrievalConfig:
     mode: str = field(default="hybrid", metadata={"help": "dense (MiniLM), bm25, or hybrid (both, fused)",
                                                   "choices": ["dense", "bm25", "hybrid"]})
-    fusion: str = field(default="weighted", metadata={"help": "hybrid fusion: weighted (min-max normalised scores, "
-                                                      "alpha on dense) or rrf (reciprocal rank, k=60)",
+    fusion: str = field(default="weighted", metadata={"help": "hybrid fusion: weighted (scores normalised to [0, 1] "
+                                                      "per list, alpha on dense) or rrf (reciprocal rank, k=60)",
                                                  "choices": ["rrf", "weighted"]})
     # 0.5: on SQuAD dev, alpha tuned on half the questions came out 0.45 and 0.4-0.5 were within
     # 0.001 recall@5 of each other (docs/04-rag.md); an untuned round value generalises as well.

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmlab.core.errors import LLMLabError
+
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered context passages given by the user. "
     "Cite the passages you used with their numbers in square brackets, like [1] or [2][3]. "
@@ -71,3 +73,47 @@ def build_messages(question: str, chunks: list[ContextChunk]) -> list[dict]:
 
 def format_sources(chunks: list[ContextChunk]) -> str:
     return "\n".join(f"[{c.number}] {c.source} ({c.title}) chars {c.start}-{c.end}" for c in chunks)
+
+
+def fit_context(question: str, hits: list[dict], count_tokens: Callable[[str], int],
+                prompt_tokens: Callable[[list[dict]], int], max_context: int, max_new_tokens: int,
+                context_tokens: int, order: str = "relevance", model: str = "the model",
+                ) -> tuple[list[ContextChunk], list[dict], str | None]:
+    """(chunks, messages, note): the passages that fit the generator's window, packed by `pack_context`.
+
+    The room for passages is what the window leaves after the answer (`max_new_tokens`) and the
+    prompt without passages (instructions, question, chat template), capped by `context_tokens`;
+    `prompt_tokens(messages)` measures the real rendered prompt, and the budget shrinks until it
+    fits, since `pack_context`'s per-passage header is an estimate. A window with room for no
+    retrieved passage is an LLMLabError (answering "from the context" with no context would be
+    silently ungrounded); when only some fit, `note` says how many.
+    """
+    overhead = prompt_tokens(build_messages(question, []))
+    room = max_context - max_new_tokens - overhead
+    budget = min(context_tokens, room)
+    wanted = pack_context(hits, 10**9, count_tokens, order)  # all non-overlapping hits
+    while True:
+        chunks = pack_context(hits, budget, count_tokens, order) if budget > 0 else []
+        messages = build_messages(question, chunks)
+        excess = prompt_tokens(messages) + max_new_tokens - max_context
+        if excess <= 0 or not chunks:
+            break
+        budget -= excess
+    limit = (f"--context-tokens {context_tokens}" if context_tokens < room else
+             f"{model}'s {max_context}-token context less {overhead} tokens of instructions and question "
+             f"and --max-new-tokens {max_new_tokens}")
+    if wanted and not chunks:
+        need = min(count_tokens(h["text"]) + 8 for h in hits)
+        fix = ("raise --context-tokens" if context_tokens < room else
+               "lower --max-new-tokens, re-index with a smaller --chunk-size, or use a model with a longer context")
+        raise LLMLabError(f"{model} has a {max_context}-token context: the instructions and question take "
+                          f"{overhead} tokens and --max-new-tokens {max_new_tokens}, which leaves {max(budget, 0)} "
+                          f"tokens for passages ({limit}); the smallest retrieved passage needs {need}. To fix: {fix}")
+    if not wanted and overhead + max_new_tokens > max_context:
+        raise LLMLabError(f"{model} has a {max_context}-token context: the instructions and question take {overhead} "
+                          f"tokens, no room for --max-new-tokens {max_new_tokens}; lower it or use a longer-context model")
+    note = None
+    if len(chunks) < len(wanted):
+        note = (f"only {len(chunks)} of {len(wanted)} retrieved passages fit in the {budget}-token room for "
+                f"context ({limit}); the answer sees only those")
+    return chunks, messages, note

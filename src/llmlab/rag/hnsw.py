@@ -27,6 +27,7 @@ of a set) but the beam search itself is inherently sequential.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class HNSW:
         self.M0 = 2 * M
         self.mL = 1.0 / math.log(M)
         self.rng = np.random.default_rng(seed)
+        # Free-form label of the data the graph was built from, saved with it; the store writes its
+        # chunk version here so that it can tell a graph left behind by an interrupted build.
+        self.tag = ""
         self.count = 0
         self.vectors = np.zeros((capacity, dim), dtype=np.float32)
         self.labels = np.zeros(capacity, dtype=np.int64)  # caller's id for each node
@@ -245,7 +249,10 @@ class HNSW:
                       levels=self.levels[:n], deleted=self.deleted[:n], links0=self.links0[:n],
                       n_links0=self.n_links0[:n], up_level=np.array(up_level, dtype=np.int32),
                       up_node=np.array(up_node, dtype=np.int32), up_ptr=np.array(up_ptr, dtype=np.int64),
-                      up_flat=np.array(up_flat, dtype=np.int32))
+                      up_flat=np.array(up_flat, dtype=np.int32), tag=np.array(self.tag),
+                      # The level generator's state: without it a loaded graph would draw the
+                      # levels of its next inserts from a fresh seed, repeating the first ones.
+                      rng_state=np.array(json.dumps(self.rng.bit_generator.state)))
         atomic_save(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
@@ -269,4 +276,9 @@ class HNSW:
         for i, (l, node) in enumerate(zip(z["up_level"].tolist(), z["up_node"].tolist())):
             index.upper[l - 1][node] = flat[ptr[i]:ptr[i + 1]].copy()
         index._label_to_node = {int(lab): i for i, lab in enumerate(index.labels[:n]) if not index.deleted[i]}
+        index.tag = str(z["tag"]) if "tag" in z.files else ""
+        if "rng_state" in z.files:
+            index.rng.bit_generator.state = json.loads(str(z["rng_state"]))
+        else:  # a file from before the state was saved: at least do not restart the stream at seed 0
+            index.rng = np.random.default_rng([0, n])
         return index

@@ -6,9 +6,13 @@ Layout of a store directory:
     hnsw-<gen>.npz   the HNSW graph over the chunk vectors at generation <gen> (written atomically)
 
 Why the vectors live in SQLite: one transaction then covers documents, chunks and their vectors,
-so a crash mid-index leaves the previous consistent state. The HNSW file is derived data: its
-generation number is committed in `meta` only after the file is saved, and a store whose graph
-file is missing or stale rebuilds it from the vectors (no re-embedding) on open.
+so a crash mid-index leaves the previous consistent state. The HNSW file is derived data, built
+after that transaction commits; its generation number is committed in `meta` only after the file
+is saved. So a re-index interrupted during the graph build (Ctrl-C) leaves new chunks beside the
+previous generation's graph. To tell, every transaction that changes chunks bumps
+`meta.chunks_version`, and the graph file carries the version it was built for (`HNSW.tag`);
+opening a graph whose version or label set differs from the chunks table says so and brings it up
+to date from the stored vectors (no re-embedding), as it does for a missing file.
 
 Re-indexing is incremental: a document whose content hash is unchanged is skipped; a changed one
 has its chunks replaced (chunk texts already embedded come from the embedding table, so only new
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import sqlite3
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +133,8 @@ class Store:
                                     [(h, v.astype(np.float32).tobytes()) for (h, _), v in zip(missing, vecs)])
             stats["embedded"] = len(missing)
             self.db.execute("DELETE FROM embeddings WHERE hash NOT IN (SELECT hash FROM chunks)")
+            if stats["added"] or stats["updated"] or stats["deleted"]:  # the graph must follow
+                self._set_meta(chunks_version=int(self.meta.get("chunks_version") or 0) + 1)
         stats["chunks"] = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         stats["documents"] = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         self.update_hnsw(show_progress=show_progress)
@@ -146,15 +153,37 @@ class Store:
     def _hnsw_path(self, gen: int) -> Path:
         return self.dir / f"hnsw-{gen}.npz"
 
-    def update_hnsw(self, M: int = 16, ef_construction: int = 200, show_progress: bool = False) -> HNSW:
-        """Bring the graph up to date: tombstone removed chunks, insert new ones, save a new generation."""
+    def load_hnsw(self) -> HNSW:
+        """The graph of the current chunks: the saved generation when it matches the chunks table
+        (version and labels), else that graph (or a new one) brought up to date, with a message."""
+        gen = int(self.meta.get("hnsw_gen", 0))
+        path = self._hnsw_path(gen)
+        graph = HNSW.load(path) if gen and path.is_file() else None
+        version = self.meta.get("chunks_version", "")
+        if graph is not None:
+            ids = {r[0] for r in self.db.execute("SELECT id FROM chunks").fetchall()}
+            if graph.tag == version and set(graph._label_to_node) == ids:
+                return graph
+            why = (f"is stale (built for chunk version {graph.tag or '?'}, the store is at {version or '?'}; "
+                   f"was `llmlab rag index` interrupted?)")
+        else:
+            why = "is missing"
+        print(f"{self.dir}: the HNSW graph {why}: updating it from the stored vectors", file=sys.stderr)
+        return self.update_hnsw(graph=graph)
+
+    def update_hnsw(self, M: int = 16, ef_construction: int = 200, show_progress: bool = False,
+                    graph: HNSW | None = None) -> HNSW:
+        """Bring the graph (default: the saved generation) up to date: tombstone removed chunks,
+        insert new ones, save it as a new generation tagged with the chunk version."""
         ids, vecs = self.chunk_vectors()
         gen = int(self.meta.get("hnsw_gen", 0))
         path = self._hnsw_path(gen)
-        graph = HNSW.load(path) if gen and path.is_file() else HNSW(vecs.shape[1], M, ef_construction)
+        if graph is None:
+            graph = HNSW.load(path) if gen and path.is_file() else HNSW(vecs.shape[1], M, ef_construction)
+        version = self.meta.get("chunks_version", "")
         live = set(graph._label_to_node)
         want = set(ids.tolist())
-        if live == want and gen:
+        if live == want and gen and graph.tag == version and path.is_file():
             return graph
         for label in live - want:
             graph.delete(label)
@@ -162,6 +191,7 @@ class Store:
         if len(add):
             row = {cid: i for i, cid in enumerate(ids.tolist())}
             graph.add(vecs[[row[c] for c in add.tolist()]], add, show_progress=show_progress)
+        graph.tag = version
         graph.save(self._hnsw_path(gen + 1))
         with self.db:
             self._set_meta(hnsw_gen=gen + 1)
@@ -195,9 +225,7 @@ class Retriever:
     @property
     def graph(self) -> HNSW:
         if self._graph is None:
-            gen = int(self.store.meta.get("hnsw_gen", 0))
-            path = self.store._hnsw_path(gen)
-            self._graph = HNSW.load(path) if path.is_file() else self.store.update_hnsw()
+            self._graph = self.store.load_hnsw()
         return self._graph
 
     def _dense(self, query_vec: np.ndarray, n: int, ann: bool, ef: int) -> list[tuple[int, float]]:
@@ -220,15 +248,18 @@ class Retriever:
         n = max(candidates, k) if (mode == "hybrid" or where) else k
         if where:
             n = max(n, 10 * k)
+        # Weighted fusion normalises each list against the best score that missed it, so fetch
+        # one more than is fused (hybrid.weighted_fusion).
+        fetch = n + 1 if mode == "hybrid" and fusion != "rrf" else n
         dense = sparse = []
         if mode in ("dense", "hybrid"):
             if query_vec is None:
                 if self.embedder is None:
                     raise LLMLabError("dense search needs an embedder")
                 query_vec = self.embedder.embed([query])[0]
-            dense = self._dense(query_vec, n, ann, ef)
+            dense = self._dense(query_vec, fetch, ann, ef)
         if mode in ("bm25", "hybrid"):
-            idx, scores = self.bm25.search(query, n)
+            idx, scores = self.bm25.search(query, fetch)
             sparse = list(zip(idx.tolist(), scores.tolist()))
         if mode == "dense":
             ranked = dense
@@ -237,7 +268,7 @@ class Retriever:
         elif fusion == "rrf":
             ranked = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in sparse]])
         else:
-            ranked = weighted_fusion(dense, sparse, alpha)
+            ranked = weighted_fusion(dense, sparse, alpha, candidates=n)
         hits = []
         for row, score in ranked:
             chunk = self.chunks[row]

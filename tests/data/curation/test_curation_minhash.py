@@ -97,3 +97,49 @@ def test_near_duplicates_keep_first_of_each_cluster():
             assert (exact_jaccard(dict(enumerate(hashes)), pairs) >= cfg.threshold).all()
     with pytest.raises(ValueError, match="needs the documents' shingles"):
         near_duplicates(sigs, MinHashConfig(verify="exact"))
+
+
+def _bucket_sigs(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n signatures that are equal on band 0 (rows 0..5 at 20 x 6) and random elsewhere: one
+    LSH bucket, whatever the documents' real similarity."""
+    sigs = rng.integers(0, 2**32 - 1, size=(n, 128), dtype=np.uint64).astype(np.uint32)
+    sigs[:, :6] = 12345
+    return sigs
+
+
+def test_false_first_member_does_not_hide_true_duplicates_in_its_bucket():
+    # A (index 0) is a false candidate in a bucket with B and C, which are near copies of each
+    # other. Pairing every member only with the bucket's first member (a star) verifies A-B and
+    # A-C, rejects both, and never compares B with C.
+    rng = np.random.default_rng(0)
+    sigs = _bucket_sigs(3, rng)
+    # B and C agree on 109 of 128 rows (estimated J = 0.85) but on no band other than band 0:
+    # one row differs in each of bands 1..19, so band 0's bucket is their only meeting point.
+    sigs[2] = sigs[1]
+    sigs[2, np.arange(6, 120, 6)] ^= 1
+    sets = {0: np.arange(0, 100, dtype=np.uint64), 1: np.arange(1000, 1100, dtype=np.uint64),
+            2: np.arange(1000, 1105, dtype=np.uint64)}  # J(B, C) = 100/105
+    for verify in ("exact", "estimate"):
+        keep, roots, pairs = near_duplicates(sigs, MinHashConfig(verify=verify), lambda idx: {int(i): sets[int(i)] for i in idx})
+        assert keep.tolist() == [True, True, False], verify
+        assert roots.tolist() == [0, 1, 1] and pairs.tolist() == [[1, 2]]
+
+
+def test_big_bucket_is_verified_against_cluster_representatives():
+    # 10 unrelated documents, then 40 copies of one text, all in one LSH bucket (more members
+    # than the all-pairs cap): every copy after the first is removed, the unrelated ones stay.
+    rng = np.random.default_rng(1)
+    sigs = _bucket_sigs(50, rng)
+    base = np.arange(5000, 5100, dtype=np.uint64)
+    sets = {i: np.arange(100 * i, 100 * i + 100, dtype=np.uint64) for i in range(10)}
+    sets |= {i: np.union1d(base, [9000 + i]) for i in range(10, 50)}
+    asked = []
+
+    def shingles(idx):
+        asked.append(len(idx))
+        return {int(i): sets[int(i)] for i in idx}
+
+    keep, roots, pairs = near_duplicates(sigs, MinHashConfig(verify="exact"), shingles)
+    assert keep.tolist() == [True] * 11 + [False] * 39
+    assert set(roots[10:].tolist()) == {10} and asked == [50]  # shingles fetched once
+    assert len(pairs) == 39  # each copy verified once against its cluster's representative

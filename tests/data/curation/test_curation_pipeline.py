@@ -105,6 +105,22 @@ def test_changed_config_refuses_to_mix(curated, curation_corpus):
         run_pipeline(cfg)
 
 
+def test_changed_input_content_refuses_to_resume(tmp_path):
+    # Same file name, new content: the finished shard in work/ holds the old file's documents,
+    # so resuming would publish stale output. The fingerprint covers content, not only names.
+    from llmlab.core.errors import LLMLabError
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    doc = lambda i, text: json.dumps({"id": f"d{i}", "text": text}) + "\n"  # noqa: E731
+    (raw / "a.jsonl").write_text(doc(0, "the first version of this document") + doc(1, "another one"))
+    cfg = recipe_config("dedup-only", [str(raw)], str(tmp_path / "out"))
+    assert run_pipeline(cfg)["docs_out"] == 2
+    assert run_pipeline(cfg)["docs_out"] == 2  # unchanged input: resumes
+    (raw / "a.jsonl").write_text(doc(0, "the second version of this document") + doc(1, "another one"))
+    with pytest.raises(LLMLabError, match="content"):
+        run_pipeline(cfg)
+
+
 def test_toml_config_and_errors(tmp_path, curation_corpus):
     from llmlab.core.errors import LLMLabError
     root, _ = curation_corpus

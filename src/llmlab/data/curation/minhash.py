@@ -19,8 +19,17 @@
      estimate  the signature agreement (estimated Jaccard), what datasketch's users do: no
                shingles needed, but std sqrt(J(1-J)/num_perm) ~ 0.035 at J = 0.8 with 128
                permutations, which both admits and rejects pairs near the threshold.
-   Candidates are few (a few per duplicate), so exact verification costs little
-   (benchmarks/dedup.py measures both).
+   Which pairs of a bucket are verified (`lsh_buckets`): every pair, in buckets of up to
+   `ALL_PAIRS_MAX` members, which are nearly all of them (a few per duplicate cluster), so the
+   clusters are exactly the connected components of the verified candidate pairs. Pairing each
+   member with the bucket's first member only (a star) would keep the pair count linear and is
+   enough for connectivity *before* verification, but not after it: if the first member is a
+   false candidate, both its edges are rejected and true duplicates B and C in that bucket are
+   never compared. A larger bucket (templated pages: hundreds of near copies) is verified member
+   by member against the representatives of the clusters already found in it, joining every one
+   it matches: linear in the bucket's size when it is one cluster, size x clusters at worst. The
+   price there: a member similar only to a non-representative member (a chain A~B~C with
+   J(A, C) below the threshold) is not joined through that bucket.
 4. Clusters: union-find over verified pairs; the first document (in corpus order) of each
    cluster is kept, so the output does not depend on the number of workers.
 """
@@ -142,31 +151,50 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(m, 2) int64 index pairs i < j that share at least one band, without duplicates.
+# Buckets with up to this many members are verified all-pairs (at most 496 pairs each); bigger
+# ones member by member against cluster representatives (see the module docstring, step 3).
+ALL_PAIRS_MAX = 32
 
-    Per band: sort the keys, and within each run of equal keys pair every member with the
-    run's first member (a star, not all pairs): union-find needs only connectivity, and this
-    keeps the pair count linear in the bucket size. Verification in `near_duplicates` then
-    checks each star edge against the threshold."""
+
+def lsh_buckets(sigs: np.ndarray, bands: int, rows: int, all_pairs_max: int = ALL_PAIRS_MAX,
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(pairs, big): the (m, 2) int64 pairs i < j, without duplicates, of documents that share a
+    band bucket of at most `all_pairs_max` members, and the sorted member arrays of the bigger
+    buckets (each distinct member set once).
+
+    Per band: sort the keys (stable, so a run of equal keys lists its members in corpus order);
+    documents d positions apart in the sorted order share a bucket when their keys are equal,
+    which finds all pairs of the small buckets with one vectorised comparison per distance d."""
     keys = band_keys(sigs, bands, rows)
-    pairs = []
+    n = sigs.shape[0]
+    codes, big = [], {}
     for band in range(bands):
         k = keys[:, band]
         order = np.argsort(k, kind="stable")
         ks = k[order]
-        starts = np.concatenate([[True], ks[1:] != ks[:-1]])
-        run_id = np.cumsum(starts) - 1
-        first = order[np.nonzero(starts)[0]][run_id]
-        members = order
-        mask = members != first
-        if mask.any():
-            pairs.append(np.stack([first[mask], members[mask]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64)
-    p = np.concatenate(pairs).astype(np.int64)
-    p.sort(axis=1)
-    return np.unique(p, axis=0)
+        starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))
+        lengths = np.diff(np.append(starts, n))
+        small = np.repeat(lengths <= all_pairs_max, lengths)  # per sorted position
+        longest = int(lengths[lengths <= all_pairs_max].max(initial=1))
+        for d in range(1, longest):
+            same = (ks[d:] == ks[:-d]) & small[d:]
+            codes.append(order[:-d][same].astype(np.int64) * n + order[d:][same])
+        for s0, length in zip(starts[lengths > all_pairs_max].tolist(), lengths[lengths > all_pairs_max].tolist()):
+            members = np.sort(order[s0:s0 + length])
+            big[members.tobytes()] = members
+    codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+    return np.stack([codes // n, codes % n], axis=1), list(big.values())
+
+
+def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(m, 2) int64 index pairs i < j that share at least one band, without duplicates: every
+    pair, including those of big buckets (quadratic there; for analysis, not used by dedup)."""
+    pairs, big = lsh_buckets(sigs, bands, rows)
+    extra = [np.stack(np.triu_indices(len(m), 1), axis=1) for m in big]
+    if extra:
+        pairs = np.concatenate([pairs] + [m[e] for m, e in zip(big, extra)])
+        pairs = np.unique(pairs, axis=0)
+    return pairs
 
 
 def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -195,29 +223,50 @@ def near_duplicates(sigs: np.ndarray, cfg: MinHashConfig,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keep mask, cluster representative per document, verified pairs).
 
-    shingles(indices) -> {index: shingle-hash array}: needed by verify="exact"; it is asked only
-    for the documents in candidate pairs, so a caller can fetch them from disk.
+    shingles(indices) -> {index: shingle-hash array}: needed by verify="exact"; it is asked once,
+    only for the documents in candidate buckets, so a caller can fetch them from disk.
     The representative of a cluster is its smallest index = the first document in corpus order."""
     if cfg.verify not in ("exact", "estimate"):
         raise ValueError(f"MinHashConfig.verify = {cfg.verify!r}: use exact or estimate")
     if cfg.verify == "exact" and shingles is None:
         raise ValueError("verify='exact' needs the documents' shingles (pass shingles=...), or use verify='estimate'")
     n = sigs.shape[0]
-    pairs = candidate_pairs(sigs, cfg.bands, cfg.rows)
-    # Documents without any shingle all share the all-ones signature; never call them duplicates.
-    empty = (sigs == _EMPTY).all(axis=1)
-    if pairs.size:
-        pairs = pairs[~(empty[pairs[:, 0]] | empty[pairs[:, 1]])]
-    if pairs.size:
-        if cfg.verify == "exact":
-            similarity = exact_jaccard(shingles(np.unique(pairs)), pairs)
-        else:
-            similarity = estimated_jaccard(sigs, pairs)
-        pairs = pairs[similarity >= cfg.threshold]
+    # Documents without any shingle all share the all-ones signature; never call them duplicates
+    # (nor let them form one giant bucket).
+    live = np.flatnonzero(~(sigs == _EMPTY).all(axis=1))
+    pairs, big = lsh_buckets(sigs[live], cfg.bands, cfg.rows)
+    pairs, big = live[pairs].reshape(-1, 2), [live[m] for m in big]
+    sets = None
+    if cfg.verify == "exact" and (len(pairs) or big):
+        sets = shingles(np.unique(np.concatenate([pairs.ravel()] + big)))
+
+    def similar(p: np.ndarray) -> np.ndarray:
+        sim = exact_jaccard(sets, p) if cfg.verify == "exact" else estimated_jaccard(sigs, p)
+        return sim >= cfg.threshold
+
     parent = np.arange(n)
-    for i, j in pairs:
-        ri, rj = _find(parent, int(i)), _find(parent, int(j))
+
+    def union(i: int, j: int) -> None:
+        ri, rj = _find(parent, i), _find(parent, j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)  # the root is always the smallest index
+
+    verified = [pairs[similar(pairs)]] if len(pairs) else []
+    for i, j in (verified[0].tolist() if verified else []):
+        union(i, j)
+    checked: set[tuple[int, int]] = set()
+    for members in big:
+        reps: list[int] = []  # the first member of each cluster met in this bucket
+        for m in members.tolist():
+            todo = np.array([(r, m) for r in reps if (r, m) not in checked
+                             and _find(parent, r) != _find(parent, m)], dtype=np.int64).reshape(-1, 2)
+            checked.update(map(tuple, todo.tolist()))
+            ok = todo[similar(todo)] if len(todo) else todo
+            for r, _ in ok.tolist():
+                union(r, m)
+            verified.append(ok)
+            if not any(_find(parent, r) == _find(parent, m) for r in reps):
+                reps.append(m)
+    pairs = np.concatenate(verified) if verified else np.zeros((0, 2), dtype=np.int64)
     roots = np.array([_find(parent, i) for i in range(n)], dtype=np.int64)
     return roots == np.arange(n), roots, pairs
