@@ -19,6 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _machine import describe
 
 from llmlab.infer.compiled_decode import reduction_matvec
 
@@ -45,6 +46,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 64  # one graph per shape and dtype
     compiled = torch.compile(reduction_matvec, dynamic=False)
+    print(f"\n{describe(args.threads)}")
     print("\n| weight | dtype | F.linear ms (GB/s) | x @ Wt, W column-major ms (GB/s) | compiled reduction ms (GB/s) "
           "| reduction vs F.linear |\n|---|---|---:|---:|---:|---:|")
     for dtype in (torch.float32, torch.bfloat16):

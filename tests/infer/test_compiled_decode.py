@@ -3,11 +3,15 @@ gives the same tokens as the eager path, one step at a time and in padded batche
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 
-from llmlab.infer.compiled_decode import MatvecLinear, compile_decode_step, prepare_for_compiled_decode, reduction_matvec
+from llmlab.infer.compiled_decode import (CompiledDecode, MatvecLinear, compile_decode_step, inductor_cache_dir,
+                                          prepare_for_compiled_decode, reduction_matvec)
 from llmlab.infer.generate import cache_length, decode_steps, run_model
 from llmlab.infer.sampling import SamplingConfig
 from llmlab.model.config import ModelConfig
@@ -76,13 +80,38 @@ def test_prepared_model_keeps_weights_outputs_and_gradients():
 
 
 @pytest.mark.slow
-def test_compiled_decode_matches_eager():
+def test_compiled_decode_matches_eager_and_compiles_only_in_prepare(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # cold: an empty cache
     torch._dynamo.reset()  # start from an empty compile cache whatever ran before
     model = model_for(LLAMA)
     expected_batch, expected_one = tokens(model, PROMPTS), tokens(model, PROMPTS[:1])
-    decode_fn = compile_decode_step(model)
-    assert tokens(model, PROMPTS, decode_fn) == expected_batch
-    assert tokens(model, PROMPTS[:1], decode_fn) == expected_one
+    step = CompiledDecode(model)
+    needed = max(map(len, PROMPTS)) + GREEDY.max_new_tokens
+    assert step.prepare(1, needed) > 0 and step.prepare(len(PROMPTS), needed) > 0
+    assert step.prepare(1, needed) == 0.0 and step.compile_s > 0   # compiled once, remembered
+    graphs = counters["stats"]["unique_graphs"]
+    # The users' generations run the graphs the warm-up compiled: nothing is compiled inside them.
+    assert tokens(model, PROMPTS, step) == expected_batch
+    assert tokens(model, PROMPTS[:1], step) == expected_one
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert any((tmp_path / "inductor").iterdir())   # kernels went to the cache directory asked for
+
+
+def test_compile_cache_is_a_stable_per_user_directory(tmp_path, monkeypatch):
+    # Not inductor's /tmp default: a second process (after a reboot, too) finds the kernels.
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "cache"))
+    assert inductor_cache_dir() == tmp_path / "cache" / "inductor"
+    compile_decode_step(model_for(LLAMA))  # sets inductor's variable before anything compiles
+    assert (tmp_path / "cache" / "inductor").is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the standard override wins
+    assert inductor_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("LLMLAB_CACHE")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert inductor_cache_dir() == Path.home() / ".cache" / "llmlab" / "inductor"
 
 
 def test_missing_cpp_compiler_is_a_clear_error(monkeypatch):

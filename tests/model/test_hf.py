@@ -79,6 +79,9 @@ def test_sharded_checkpoint(tmp_path):
     ModelConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, qkv_bias=True),
     ModelConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, position="learned",
                 norm="layernorm", mlp="gelu", bias=True),
+    # the nanogpt-cpu shape: exact GELU, no biases (GPT-2 files get zero biases)
+    ModelConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, position="learned",
+                norm="layernorm", mlp="gelu-exact", bias=False),
 ])
 def test_export_loads_in_transformers(tmp_path, preset):
     torch.manual_seed(0)

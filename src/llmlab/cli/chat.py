@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     if not engine.has_chat_template:
         print(f"note: {engine.name} has no chat template of its own; using ChatML, which a base model was "
               "never trained on (`llmlab generate --raw` sends plain text)", file=sys.stderr)
-    if args.compile:
-        print("--compile: the first reply (and the first past 256, 512, ... tokens of context) includes compiling "
-              "the decode step, up to a minute", file=sys.stderr)
+    if args.compile and engine.decode_fn is not None:
+        print(f"--compile: compiled the decode step in {engine.decode_fn.compile_s:.0f} s (inductor caches it: the "
+              "next start takes seconds); a reply that first needs a longer cache (past 256, 512, ... tokens) "
+              "compiles once more before it starts", file=sys.stderr)
     while True:
         try:
             line = input("\n> ")

@@ -79,12 +79,23 @@ class Engine:
                  compile: bool = False, source: ModelSource | None = None):
         self.model, self.tokenizer, self.device, self.name = model.eval(), tokenizer, device, name
         self.source = source
-        # compile: decode steps through one compiled graph (llmlab.infer.compiled_decode); the
-        # first generation pays the compile time.
-        self.decode_fn = None
+        # compile: decode steps through one compiled graph per (batch, cache size)
+        # (llmlab.infer.compiled_decode). The graph of short single prompts is compiled here, at
+        # load; a larger one before the generation that first needs it. Either way the seconds are
+        # reported as timings["compile_s"] of the next completion, never inside its decode speed.
+        self.decode_fn, self._unreported_compile_s = None, 0.0
         if compile:
-            from llmlab.infer.compiled_decode import compile_decode_step
-            self.decode_fn = compile_decode_step(self.model)
+            from llmlab.infer.compiled_decode import CompiledDecode
+            self.decode_fn = CompiledDecode(self.model)
+            self._unreported_compile_s = self.decode_fn.prepare(1, 1)
+
+    def _timings(self, batch: int, needed_slots: int) -> Timings:
+        """Fresh timings for a generation, after compiling the graph it needs (if not yet done)."""
+        timings = Timings(compile_s=self._unreported_compile_s)
+        self._unreported_compile_s = 0.0
+        if self.decode_fn is not None:
+            timings.compile_s += self.decode_fn.prepare(batch, needed_slots)
+        return timings
 
     @classmethod
     def load(cls, spec: str | Path = "smollm2", device: str = "auto", dtype: str = "float32",
@@ -161,7 +172,8 @@ class Engine:
         oldest tokens from other prompts."""
         fit = overflow == "truncate" and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
         prompt_ids = self.encode_prompt(prompt, raw, config.max_new_tokens if fit else None)
-        reply, timings = Reply(self._stop_ids(config), StreamState(list(config.stop)), config.max_new_tokens), Timings()
+        reply = Reply(self._stop_ids(config), StreamState(list(config.stop)), config.max_new_tokens)
+        timings = self._timings(1, len(prompt_ids) + config.max_new_tokens)
         for step in decode_steps(self.model, [prompt_ids], config, overflow, timings, decode_fn=self.decode_fn):
             token = int(step.ids[0])
             delta = reply.add(token, float(step.logprobs[0]), self._token_bytes(token))
@@ -189,7 +201,7 @@ class Engine:
         configs = config if isinstance(config, list) else [config] * len(prompts)
         encoded = [self.encode_prompt(p, raw) for p in prompts]
         replies = [Reply(self._stop_ids(c), StreamState(list(c.stop)), c.max_new_tokens) for c in configs]
-        timings = Timings()
+        timings = self._timings(len(encoded), max(map(len, encoded)) + max(c.max_new_tokens for c in configs))
         for step in decode_steps(self.model, encoded, configs, "error", timings, decode_fn=self.decode_fn):
             for b, (token, logprob) in enumerate(zip(step.ids.tolist(), step.logprobs.tolist())):
                 if not replies[b].finish:

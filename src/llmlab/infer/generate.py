@@ -39,11 +39,12 @@ class Timings:
     prefill_s: float = 0.0
     decode_tokens: int = 0
     decode_s: float = 0.0
+    compile_s: float = 0.0     # compiling the decode step (--compile), never inside decode_s
 
     def as_dict(self) -> dict:
         return {"prefill_tok_s": self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0,
                 "decode_tok_s": self.decode_tokens / self.decode_s if self.decode_s else 0.0,
-                "prefill_s": self.prefill_s, "decode_s": self.decode_s}
+                "prefill_s": self.prefill_s, "decode_s": self.decode_s, "compile_s": self.compile_s}
 
 
 def run_model(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache,

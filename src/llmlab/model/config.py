@@ -6,6 +6,7 @@ Two families share one model class and differ only in these switches:
     position       "learned"          "rope"            (Su et al. 2021, arXiv:2104.09864)
     norm           "layernorm"        "rmsnorm"         (Zhang & Sennrich 2019, arXiv:1910.07467)
     mlp            "gelu"             "swiglu"          (Shazeer 2020, arXiv:2002.05202)
+                   (GPT-2's tanh approximation; "gelu-exact" is the erf form nanoGPT uses)
     bias           True               False
     n_kv_head      = n_head           < n_head (GQA)    (Ainslie et al. 2023, arXiv:2305.13245)
     tie_embeddings True               optional
@@ -46,7 +47,7 @@ class ModelConfig:
     rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency"})
     norm: str = field(default="rmsnorm", metadata={"help": "normalisation layer", "choices": ["layernorm", "rmsnorm"]})
     norm_eps: float = field(default=1e-5, metadata={"help": "epsilon inside the norm"})
-    mlp: str = field(default="swiglu", metadata={"help": "MLP type", "choices": ["gelu", "swiglu"]})
+    mlp: str = field(default="swiglu", metadata={"help": "MLP type: gelu (GPT-2's tanh approximation), gelu-exact (erf, as torch's nn.GELU), swiglu", "choices": ["gelu", "gelu-exact", "swiglu"]})
     bias: bool = field(default=False, metadata={"help": "biases in linear layers and LayerNorm"})
     qkv_bias: bool | None = field(default=None, metadata={"help": "biases on q/k/v projections only (Qwen2); None: = bias"})
     tie_embeddings: bool = field(default=True, metadata={"help": "share the token embedding with the output head"})
@@ -74,7 +75,7 @@ class ModelConfig:
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
         if self.mlp_hidden is None:
-            if self.mlp == "gelu":
+            if self.mlp in ("gelu", "gelu-exact"):
                 self.mlp_hidden = 4 * self.n_embd
             else:
                 # SwiGLU has 3 matrices instead of 2: 2/3 of 4*d keeps the parameter count equal
@@ -131,9 +132,10 @@ class ModelConfig:
 
 # Named model shapes (the training presets in llmlab.train.config pick one and may override fields).
 MODEL_PRESETS: dict[str, ModelConfig] = {
-    # nanoGPT's documented CPU run: GPT-2 style, 4 layers x 4 heads x 128, context 64.
+    # nanoGPT's documented CPU run: GPT-2 style, 4 layers x 4 heads x 128, context 64, as its train.py
+    # and model.py define it: no biases (its `bias = False` default) and the exact erf GELU (nn.GELU).
     "nanogpt-cpu": ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, position="learned",
-                               norm="layernorm", mlp="gelu", bias=True, dropout=0.0),
+                               norm="layernorm", mlp="gelu-exact", bias=False, dropout=0.0),
     # Our default for Shakespeare on a laptop CPU: Llama style (RoPE, RMSNorm, SwiGLU).
     "shakespeare-char": ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=192, position="rope",
                                     norm="rmsnorm", mlp="swiglu", bias=False, dropout=0.0),

@@ -172,12 +172,14 @@ def model_config_from_hf(cfg: dict[str, Any], directory: Path) -> ModelConfig:
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)))
     if kind == "gpt2":
         act = cfg.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise LLMLabError(f"{directory}/config.json: GPT-2 activation {act!r} is not supported (gelu_new)")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise LLMLabError(f"{directory}/config.json: GPT-2 activation {act!r} is not supported "
+                              "(gelu_new, gelu_pytorch_tanh or gelu)")
         return ModelConfig(
             vocab_size=cfg["vocab_size"], block_size=cfg.get("n_positions", 1024), n_layer=cfg["n_layer"],
             n_head=cfg["n_head"], n_embd=cfg["n_embd"], mlp_hidden=cfg.get("n_inner") or 4 * cfg["n_embd"],
-            position="learned", norm="layernorm", norm_eps=cfg.get("layer_norm_epsilon", 1e-5), mlp="gelu",
+            position="learned", norm="layernorm", norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+            mlp="gelu-exact" if act == "gelu" else "gelu",
             bias=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
     raise LLMLabError(f"{directory}/config.json: model_type {kind!r} is not supported "
                       f"(supported: {', '.join(LLAMA_FAMILY)}, gpt2)")
@@ -312,11 +314,12 @@ def hf_config_from_model(config: ModelConfig, tokenizer=None) -> dict[str, Any]:
         if not qwen2:
             out.update(attention_bias=config.bias, mlp_bias=config.bias)
         return {**out, **special}
-    if config.norm != "layernorm" or config.mlp != "gelu" or config.n_kv_head != config.n_head:
+    if config.norm != "layernorm" or config.mlp not in ("gelu", "gelu-exact") or config.n_kv_head != config.n_head:
         raise LLMLabError("a learned-position model exports as GPT-2, which needs layernorm, gelu and no GQA")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
-            "n_head": config.n_head, "n_inner": config.mlp_hidden, "activation_function": "gelu_new",
+            "n_head": config.n_head, "n_inner": config.mlp_hidden,
+            "activation_function": "gelu" if config.mlp == "gelu-exact" else "gelu_new",   # gelu_new is tanh
             "layer_norm_epsilon": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "torch_dtype": "float32", **special}
 

@@ -152,11 +152,15 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_m
 
 
 class MLP(nn.Module):
-    """GELU: w_down(gelu(w_up x)).  SwiGLU: w_down(silu(w_gate x) * w_up x)."""
+    """GELU: w_down(gelu(w_up x)).  SwiGLU: w_down(silu(w_gate x) * w_up x).
+
+    "gelu" is GPT-2's tanh approximation (what its checkpoints were trained with), "gelu-exact"
+    the erf form x * Phi(x) (Hendrycks & Gimpel 2016), torch's nn.GELU default and nanoGPT's."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.gelu_approximate = "none" if config.mlp == "gelu-exact" else "tanh"
         self.w_up = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
         if self.swiglu:
             self.w_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
@@ -167,7 +171,7 @@ class MLP(nn.Module):
         if self.swiglu:
             hidden = F.silu(self.w_gate(x)) * self.w_up(x)
         else:
-            hidden = F.gelu(self.w_up(x), approximate="tanh")  # GPT-2 used the tanh approximation
+            hidden = F.gelu(self.w_up(x), approximate=self.gelu_approximate)
         return F.dropout(self.w_down(hidden), self.dropout, self.training)
 
 

@@ -30,11 +30,14 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool =
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                    device: torch.device, decay_embeddings: bool = False) -> torch.optim.AdamW:
-    # The fused kernel updates all parameters in one launch on CUDA; on CPU the default
-    # (foreach) implementation is the fast one.
+    # The fused kernel updates all parameters in one launch on CUDA. On CPU torch's default is the
+    # per-tensor loop (foreach is its default only for CUDA tensors): ~10 small ops per parameter
+    # tensor, each dispatched from Python. foreach=True issues each op once for the whole list
+    # (the same update); on nanoGPT's CPU configuration, 0 to +10% per step on a loaded 2-core
+    # machine (benchmarks/train_step.py, docs/01-gpt-from-scratch.md "Where the time goes").
     fused = device.type == "cuda"
     return torch.optim.AdamW(param_groups(model, weight_decay, decay_embeddings), lr=lr, betas=betas,
-                             fused=fused)
+                             fused=fused, foreach=not fused)
 
 
 def lr_at(progress: float, step: int, lr: float, min_lr: float, warmup_iters: int) -> float:
