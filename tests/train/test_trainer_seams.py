@@ -98,7 +98,7 @@ def test_the_loss_weighs_every_target_token_equally_across_micro_batches(tmp_pat
     loss_sum, n = causal_lm_loss(trainer.model, joined)
     row = trainer.train_step(lr=0.0, diagnose=False)
     assert row["target_tokens"] == int(n) == 4 * 3 + 4 * run.seq_len
-    assert row["train_loss"] == pytest.approx(float(loss_sum / n), rel=1e-5)
+    assert row["train_loss"] == pytest.approx(float(loss_sum.detach() / n), rel=1e-5)
 
 
 def test_a_run_starts_from_a_pretrained_model_and_saves_only_what_it_trains(tmp_path, tiny_data):

@@ -23,11 +23,10 @@ gpt-fast's recipe answers both, one visible step at a time:
           becomes part of the graph. The eager prefill keeps SDPA (12% faster there in float32);
   step 4  `torch.compile(fullgraph=True, dynamic=False)` of `llmlab.infer.generate.run_model`.
 
-Measured on SmolLM2-135M, 2 threads, AMD EPYC (benchmarks/inference.py, docs/03-inference.md):
-decode 25 -> 65 tok/s in float32 and 37 -> 111 in bfloat16, 2.6x and 3.0x transformers *eager*;
-transformers' own static cache + torch.compile row is the peer the docs now quote, and the compile
-costs ~55 s cold / ~8 s warm once per process (docs/03 has the figures and the Xeon's). Ablation:
-benchmarks/decode_ablation.py.
+Measured on SmolLM2-135M, 2 threads (benchmarks/inference.py, docs/03-inference.md): on an AMD
+EPYC without AVX-512, decode 2.16x (float32) and 2.06x (bfloat16) transformers' own static cache +
+torch.compile path in the same run, after a compile of 84-108 s cold, 13-18 s warm; on an earlier
+AVX-512 EPYC 2.6x / 3.0x transformers eager. Ablation: benchmarks/decode_ablation.py.
 
 Compiling is paid once per (batch size, cache size) graph, and never inside a user's reply:
 `CompiledDecode.prepare` runs the step on a dummy prompt first (`warm_up`) and returns the seconds
