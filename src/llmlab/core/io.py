@@ -34,6 +34,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     os.close(fd)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less
+        # the umask), so exports and checkpoints are as readable as any other file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
