@@ -25,11 +25,6 @@ def tiny_run(data: DataConfig, dropout: float = 0.0, **train) -> RunConfig:
     return RunConfig(model, data, dataclasses.replace(base.train, **{**defaults, **train}))
 
 
-@pytest.fixture(scope="module")
-def tiny_data() -> DataConfig:
-    return DataConfig(data="shakespeare-tiny")
-
-
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in read_metrics(run_dir)}
 

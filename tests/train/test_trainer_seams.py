@@ -18,7 +18,7 @@ from llmlab.train.metrics import read_metrics
 from llmlab.train.run import build, resume, start
 from llmlab.train.trainer import Trainer
 
-from tests.train.test_trainer import tiny_run, tiny_data  # noqa: F401  (fixture)
+from tests.train.test_trainer import tiny_run
 
 
 def poison_gradients(model: torch.nn.Module, at_calls: set[int]) -> None:

@@ -2,6 +2,10 @@
 
     config.py        ModelConfig (every architectural switch) and named model shapes
     transformer.py   the Transformer, readable top to bottom
+    masks.py         attention masks from positions (filled caches, per-row lengths, packed documents)
+    surgery.py       replace_linears: swapping nn.Linears by name (compile, LoRA, quantization)
+    source.py        the one model-source resolver (smollm2, .gguf, HF dir, run dir)
+    checkpoint.py    checkpoint files; run dir -> (model, tokenizer)
 """
 
 from llmlab.model.config import MODEL_PRESETS, ModelConfig
