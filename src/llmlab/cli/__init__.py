@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("llmlab.cli.train", "train a GPT from scratch (or resume a run)"),
     "sample": ("llmlab.cli.sample", "generate text from a trained run's checkpoint"),
     "runs": ("llmlab.cli.runs", "compare run directories: config diffs, losses, overlaid curves"),
+    "finetune": ("llmlab.cli.finetune", "fine-tune a pretrained model (LoRA, QLoRA, DoRA, full) and evaluate it"),
     "chat": ("llmlab.cli.chat", "chat with a pretrained model (default: SmolLM2-135M-Instruct)"),
     "generate": ("llmlab.cli.generate", "generate a completion for a prompt (plain text or --json)"),
     "export": ("llmlab.cli.export", "export a trained run to a Hugging Face directory or GGUF"),

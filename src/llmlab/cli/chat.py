@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.infer import Engine
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile)
+    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile, adapter=args.adapter)
     config = sampling_from(args)
     system = args.system
     history: list[dict] = []

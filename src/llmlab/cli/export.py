@@ -2,6 +2,8 @@
 
     llmlab export runs/exp1 --to hf out/hf_dir              # transformers.AutoModelForCausalLM loads it
     llmlab export runs/exp1 --to gguf out/m.gguf --gguf-type q8_0   # llama.cpp loads it
+    llmlab export runs/ft-lora --to peft out/adapter        # a LoRA fine-tune as a PEFT adapter
+    llmlab export runs/ft-lora --merge --to hf out/merged   # the adapter folded into its base
 
 SOURCE: an llmlab run directory or checkpoint file, a Hugging Face directory, a .gguf file, or smollm2.
 """
@@ -15,8 +17,12 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="llmlab run directory / checkpoint, Hugging Face directory, .gguf, or smollm2")
-    parser.add_argument("--to", required=True, choices=["hf", "gguf"], help="output format")
-    parser.add_argument("out", type=Path, help="output directory (hf) or file (gguf)")
+    parser.add_argument("--to", required=True, choices=["hf", "gguf", "peft"],
+                        help="output format (peft: the adapter of a LoRA fine-tuning run, for PEFT)")
+    parser.add_argument("out", type=Path, help="output directory (hf, peft) or file (gguf)")
+    parser.add_argument("--merge", action="store_true",
+                        help="a LoRA fine-tuning run: fold the adapter into its base and export the whole model "
+                             "(a QLoRA adapter merges onto the NF4 weights it was trained against)")
     parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"],
                         help="tensor type of the matrices in a GGUF export (norms stay f32)")
     parser.add_argument("--no-tokenizer", action="store_true", help="write the weights without tokenizer data")
@@ -30,12 +36,17 @@ def run(args: argparse.Namespace) -> int:
     resolve_source(args.source)  # a source that does not exist fails here, before torch is imported
     if args.to == "gguf" and args.out.is_dir():
         raise LLMLabError(f"{args.out} is a directory: --to gguf writes one file, e.g. {args.out / 'model.gguf'}")
-    if args.to == "hf" and args.out.is_file():
-        raise LLMLabError(f"{args.out} is a file: --to hf writes a directory (config.json, model.safetensors, ...)")
-    from llmlab.model.export import export_model
-
-    summary = export_model(args.source, args.to, args.out, dtype=args.gguf_type,
-                           with_tokenizer=not args.no_tokenizer)
+    if args.to in ("hf", "peft") and args.out.is_file():
+        raise LLMLabError(f"{args.out} is a file: --to {args.to} writes a directory")
+    if args.to == "peft":
+        if args.merge:
+            raise LLMLabError("--to peft writes the adapter alone; --merge goes with --to hf or --to gguf")
+        from llmlab.finetune.adapter import export_peft
+        summary = export_peft(args.source, args.out)
+    else:
+        from llmlab.model.export import export_model
+        summary = export_model(args.source, args.to, args.out, dtype=args.gguf_type,
+                               with_tokenizer=not args.no_tokenizer, merge=args.merge)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

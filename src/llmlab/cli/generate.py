@@ -13,6 +13,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     from llmlab.infer.sampling import SamplingConfig
 
     parser.add_argument("--model", default="smollm2", help="smollm2, a .gguf file, a Hugging Face model directory, or an llmlab run directory")
+    parser.add_argument("--adapter", help="a LoRA adapter to put on --model (merged at load): a `llmlab finetune` "
+                                          "run directory or a PEFT adapter directory")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 weights")
     parser.add_argument("--compile", action="store_true",
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = args.prompt
     else:
         raise LLMLabError("give --prompt TEXT or --prompt-file PATH")
-    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile)
+    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile, adapter=args.adapter)
     config = sampling_from(args)
     result: dict = {}
     for delta in engine.stream(prompt, config, raw=True if args.raw else None, overflow=args.overflow, result=result):

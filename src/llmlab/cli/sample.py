@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed")
+    parser.add_argument("--adapter", help="a LoRA adapter to put on the run's model (a `llmlab finetune` run or a PEFT "
+                                          "adapter directory)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
 
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             raise LLMLabError(f"{flag} {value}: {need}")
     from llmlab.infer import Engine, SamplingConfig
 
-    engine = Engine.load(args.run, device=args.device)
+    engine = Engine.load(args.run, device=args.device, adapter=args.adapter)
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, ignore_eos=True)
     sys.stdout.write(args.prompt)

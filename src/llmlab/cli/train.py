@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from llmlab.core.config import add_config_flags, apply_flags, get_preset
+from llmlab.core.config import add_config_flags, apply_flags, get_preset, given_flags
 from llmlab.core.errors import LLMLabError
 from llmlab.model.config import ModelConfig
 from llmlab.train.config import PRESETS, DataConfig, TrainConfig
@@ -35,20 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, TrainConfig, "training (TrainConfig)")
 
 
-def _given(args: argparse.Namespace, cls: type) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-
-
 def run(args: argparse.Namespace) -> int:
     if args.resume:
-        if _given(args, ModelConfig) or _given(args, DataConfig) or args.init:
+        if given_flags(ModelConfig, args) or given_flags(DataConfig, args) or args.init:
             raise LLMLabError("model and data settings are fixed by the run being resumed; only training "
                               "budgets and logging flags may be given with --resume")
         if not args.resume.exists():
             raise LLMLabError(f"--resume {args.resume}: no such run directory (give the --out of an earlier "
                               "`llmlab train`)")
         from llmlab.train.run import resume
-        state = resume(args.resume, _given(args, TrainConfig))
+        state = resume(args.resume, given_flags(TrainConfig, args))
         run_dir = args.resume
     else:
         preset = get_preset(PRESETS, args.preset)

@@ -97,8 +97,9 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
-                     skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per dataclass field. Defaults are SUPPRESSed so presets are not overwritten."""
+                     skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Add one flag per dataclass field. Defaults are SUPPRESSed so presets are not overwritten.
+    prefix "lora" names field r's flag --lora-r (give apply_flags the same prefix)."""
     group = parser.add_argument_group(title or cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name.startswith("_"):
@@ -107,7 +108,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | No
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
-        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        dest = f"{prefix}_{f.name}" if prefix else f.name
+        kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)
         if tp is bool:
             kwargs.update(type=_parse_bool, metavar="true|false", nargs="?", const=True)
         elif tp in (int, float, str):
@@ -119,12 +121,18 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | No
             kwargs.update(type=str)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(_flag(f.name), **kwargs)
+        group.add_argument(_flag(dest), **kwargs)
 
 
-def apply_flags(config: T, args: argparse.Namespace) -> T:
-    """A copy of `config` with every field that appears in `args` replaced."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if hasattr(args, f.name)}
+def given_flags(cls_or_config: Any, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """{field: value} of the config's fields whose flags were given."""
+    dest = (lambda name: f"{prefix}_{name}") if prefix else (lambda name: name)
+    return {f.name: getattr(args, dest(f.name)) for f in dataclasses.fields(cls_or_config) if hasattr(args, dest(f.name))}
+
+
+def apply_flags(config: T, args: argparse.Namespace, prefix: str = "") -> T:
+    """A copy of `config` with every field whose flag appears in `args` replaced."""
+    given = given_flags(config, args, prefix)
     for name, value in given.items():
         if isinstance(value, list):
             given[name] = type(getattr(config, name))(value) if getattr(config, name) is not None else value

@@ -99,13 +99,15 @@ class Engine:
 
     @classmethod
     def load(cls, spec: str | Path = "smollm2", device: str = "auto", dtype: str = "float32",
-             compile: bool = False) -> "Engine":
+             compile: bool = False, adapter: str | Path | None = None) -> "Engine":
+        """adapter: a LoRA run directory or PEFT adapter directory, merged into the model at load."""
         dev = pick_device(device)
-        model, tokenizer, source = load_model(spec)
+        model, tokenizer, source = load_model(spec, adapter=adapter, merge_adapters=True)
         if tokenizer is None:
             raise LLMLabError(f"{source.path} has weights but no tokenizer (tokenizer.json); add one to generate text")
         model = model.to(device=dev, dtype=pick_dtype(dtype))
-        return cls(model, tokenizer, dev, source.name, compile, source)
+        name = f"{source.name}+{Path(adapter).name}" if adapter else source.name
+        return cls(model, tokenizer, dev, name, compile, source)
 
     @property
     def max_context(self) -> int:

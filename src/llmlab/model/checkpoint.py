@@ -93,6 +93,11 @@ def load_run_model(run_or_file: str | Path, prefer_best: bool = True):
     try:
         if "base" in state:
             model = load_base(state["base"], where)
+            if "adapter" in state:
+                # A LoRA/QLoRA run: its adapter's format belongs to llmlab.finetune, which puts the
+                # adapter layers on the base before their weights are loaded below.
+                from llmlab.finetune.lora import rebuild_adapter
+                rebuild_adapter(model, state["adapter"], where)
         else:
             try:
                 config = config_from_dict(ModelConfig, state["model_config"])

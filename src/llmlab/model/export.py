@@ -216,8 +216,9 @@ def _fill_gguf(writer, state: dict[str, torch.Tensor], config: ModelConfig, toke
 # ----------------------------------------------------------------------------- sources
 
 
-def load_for_export(source: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Any]:
-    """(state dict, config, tokenizer or None) from any model source (llmlab.model.source)."""
+def load_for_export(source: str | Path, merge: bool = False) -> tuple[dict[str, torch.Tensor], ModelConfig, Any]:
+    """(state dict, config, tokenizer or None) from any model source (llmlab.model.source).
+    A LoRA fine-tuning run exports only merged (`merge`): its adapter alone goes to PEFT's format."""
     from llmlab.model.source import load_model, resolve_source
 
     resolved = resolve_source(source)
@@ -226,14 +227,17 @@ def load_for_export(source: str | Path) -> tuple[dict[str, torch.Tensor], ModelC
         cfg = read_hf_config(resolved.path)
         if cfg.get("model_type") in LLAMA_FAMILY and _rope_params(cfg)[1] is not None:
             raise LLMLabError(f"{resolved.path} uses RoPE scaling, which our exports cannot record yet")
-    model, tokenizer, _ = load_model(resolved)
+    model, tokenizer, _ = load_model(resolved, merge_adapters=merge)
+    if any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+        raise LLMLabError(f"{source} is a LoRA fine-tune: export the adapter with --to peft, or the whole model "
+                          "with --merge (the adapter folded into its base)")
     return model.state_dict(), model.config, tokenizer
 
 
 def export_model(source: str | Path, to: str, out: str | Path, dtype: str = "f16",
-                 with_tokenizer: bool = True) -> dict[str, Any]:
+                 with_tokenizer: bool = True, merge: bool = False) -> dict[str, Any]:
     """Export `source` to `out` (to: "hf" directory or "gguf" file). Returns a summary dict."""
-    state, config, tokenizer = load_for_export(source)
+    state, config, tokenizer = load_for_export(source, merge)
     if not with_tokenizer:
         tokenizer = None
     notes = []

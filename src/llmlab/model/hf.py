@@ -76,7 +76,7 @@ GPT2_NAMES = {
 }
 
 
-def _rename(name: str, table: dict[str, str]) -> str | None:
+def rename_tensor(name: str, table: dict[str, str]) -> str | None:
     """Look `name` up in a {i}-templated table: the first all-digit component is the layer index."""
     parts = name.split(".")
     for k, part in enumerate(parts):
@@ -226,7 +226,7 @@ def _gpt2_state(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[
             for proj, part in zip(("wq", "wk", "wv"), fused.split(config.n_embd, dim=0)):
                 state[f"blocks.{i}.attn.{proj}.{kind}"] = part.contiguous()
             continue
-        ours = _rename(name, GPT2_NAMES)
+        ours = rename_tensor(name, GPT2_NAMES)
         if ours is None:
             continue  # e.g. attn.bias / attn.masked_bias: causal-mask buffers, not weights
         is_conv1d = ".c_" in name and name.endswith(".weight")
@@ -250,7 +250,7 @@ def load_hf_state(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.T
     else:
         state = {}
         for name, tensor in hf_state.items():
-            ours = _rename(name, LLAMA_NAMES)
+            ours = rename_tensor(name, LLAMA_NAMES)
             if ours is not None:
                 state[ours] = tensor
     state = {k: v.float() for k, v in state.items()}
@@ -332,7 +332,7 @@ def hf_state_from_model(state: dict[str, torch.Tensor], config: ModelConfig) -> 
         for name, tensor in state.items():
             if name == "lm_head.weight" and config.tie_embeddings:
                 continue
-            hf_name = _rename(name, reverse)
+            hf_name = rename_tensor(name, reverse)
             if hf_name is None:
                 raise LLMLabError(f"parameter {name} has no Hugging Face equivalent")
             out[hf_name] = tensor.detach().float().contiguous().clone()
@@ -343,7 +343,7 @@ def hf_state_from_model(state: dict[str, torch.Tensor], config: ModelConfig) -> 
             continue
         if ".attn.wq." in name or ".attn.wk." in name or ".attn.wv." in name:
             continue  # fused below
-        hf_name = _rename(name, reverse)
+        hf_name = rename_tensor(name, reverse)
         if hf_name is None:
             raise LLMLabError(f"parameter {name} has no GPT-2 equivalent")
         t = tensor.detach().float()

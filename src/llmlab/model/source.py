@@ -85,9 +85,25 @@ def resolve_source(spec: str | Path) -> ModelSource:
                       "model directory (config.json + *.safetensors), or an llmlab run directory (ckpt.pt / best.pt)")
 
 
-def load_model(spec: str | Path | ModelSource):
+def load_model(spec: str | Path | ModelSource, adapter: str | Path | None = None, merge_adapters: bool = False):
     """(Transformer, Tokenizer or None, ModelSource) from any source `resolve_source` accepts.
-    Only a Hugging Face directory may come without a tokenizer (no tokenizer.json)."""
+    Only a Hugging Face directory may come without a tokenizer (no tokenizer.json).
+
+    adapter: a LoRA adapter to put on the model (a fine-tuning run directory or a PEFT adapter
+    directory). merge_adapters: fold every LoRA layer (from `adapter`, or from a fine-tuning run
+    loaded as the model itself) into plain linear layers, for inference at the base model's cost.
+    Adapters are llmlab.finetune's format; it is imported only when one is met."""
+    model, tokenizer, source = _load(spec)
+    if adapter is not None:
+        from llmlab.finetune.adapter import load_adapter
+        load_adapter(model, adapter, source)
+    if merge_adapters and any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+        from llmlab.finetune.lora import merge_lora
+        merge_lora(model)
+    return model, tokenizer, source
+
+
+def _load(spec: str | Path | ModelSource):
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec)
     if source.kind in ("builtin", "gguf"):
         from llmlab.model.gguf import load_gguf_state, open_gguf

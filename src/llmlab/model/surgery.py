@@ -8,7 +8,8 @@ a replacement in their place.
     replace_linears(model, names, lambda name, linear: LoRALinear(linear, r=16))
 
 A pattern matches a module name when it equals the name, is a dotted suffix of it ("attn.wq"
-matches "blocks.3.attn.wq"), or matches it as a glob ("blocks.*.mlp.*"). "all-linear" means every
+matches "blocks.3.attn.wq"), or it or such a suffix matches the pattern as a glob ("mlp.*",
+"blocks.1?.attn.w[qv]"). "all-linear" means every
 linear layer but the output head (PEFT's meaning: the head is the vocabulary projection, rarely
 what one wants to adapt or quantize like the others).
 
@@ -31,7 +32,9 @@ HEAD = "lm_head"
 
 
 def _matches(name: str, pattern: str) -> bool:
-    return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
+    """The name, or one of its dotted suffixes ("attn.wq", "wq"), equals or glob-matches the pattern."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[i:]), pattern) for i in range(len(parts)))
 
 
 def select_linears(model: nn.Module, patterns: Iterable[str] | str) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from llmlab.model.config import ModelConfig
 from llmlab.model.masks import bottom_right_causal
@@ -208,6 +209,10 @@ class Transformer(nn.Module):
             self.register_buffer("rope_sin", torch.empty(0), persistent=False)
             self.init_rope()
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        # Gradient checkpointing (Chen et al. 2016, arXiv:1604.06174): in training, keep only each
+        # block's input and recompute its activations during backward; ~1/3 more compute for memory
+        # that no longer grows with depth. Set by fine-tuning's --grad-checkpoint.
+        self.grad_checkpoint = False
         self.final_norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -253,7 +258,7 @@ class Transformer(nn.Module):
                 positions: torch.Tensor | None = None, kv_cache: KVCacheLike | None = None,
                 attn_mask: torch.Tensor | None = None, return_hidden_states: bool = False,
                 return_attention: bool = False, last_only: bool = False,
-                logits_index: torch.Tensor | None = None) -> dict[str, Any]:
+                logits_index: torch.Tensor | None = None, logits_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """idx (B, T) token ids -> {"logits": (B, T, V), "loss": scalar if targets, ...}.
 
         positions (B, T) or (T,): absolute positions of the tokens (default 0..T-1; with a KV cache,
@@ -264,6 +269,9 @@ class Transformer(nn.Module):
         logits_index[b] of each row only (right-padded prompts end at different places). Generation
         needs no more, and for a 512-token prompt this skips ~20% of SmolLM2's prefill FLOPs, spent
         in the 49k-wide output head. Both give logits (B, 1, V).
+        logits_mask (B, T) bool: logits only where it is True, as (N, V) in row-major order. A
+        fine-tuning loss needs them only at target tokens; with the prompt masked, that skips most
+        of the head's FLOPs and its (B, T, V) float32 activations, the largest tensors of a step.
         return_hidden_states: the residual stream entering each block, and the final normed one.
         return_attention: each layer's (B, H, T, S) attention weights (computed by the explicit path).
         """
@@ -285,11 +293,17 @@ class Transformer(nn.Module):
         for block in self.blocks:
             if return_hidden_states:
                 hidden_states.append(x)
-            x, weights = block(x, rope, kv_cache, positions, attn_mask, return_attention)
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, weights = torch.utils.checkpoint.checkpoint(block, x, rope, kv_cache, positions, attn_mask,
+                                                               return_attention, use_reentrant=False)
+            else:
+                x, weights = block(x, rope, kv_cache, positions, attn_mask, return_attention)
             if return_attention:
                 attentions.append(weights)
         x = self.final_norm(x)
-        if logits_index is not None:
+        if logits_mask is not None:
+            head_input = x[logits_mask]                                                # (N, C)
+        elif logits_index is not None:
             head_input = x[torch.arange(B, device=x.device), logits_index][:, None]    # (B, 1, C)
         else:
             head_input = x[:, -1:] if last_only else x

@@ -26,11 +26,21 @@ LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy, summed over the target tokens; and how many there were."""
-    logits = model(batch["input_ids"], positions=batch.get("positions"), attn_mask=batch.get("attn_mask"))["logits"]
+    """Next-token cross-entropy, summed over the target tokens; and how many there were.
+
+    When some positions have no target (a masked prompt, padding), the output head runs only at the
+    target positions (`logits_mask`): in supervised fine-tuning most positions are prompt, and the
+    (B, T, vocab) logits are the largest activations of the step. Pretraining windows, where every
+    position is a target, take the plain path (static shapes, which torch.compile prefers)."""
     labels = batch["labels"]
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-    return loss_sum, (labels != -100).sum()
+    targets = labels != -100
+    kwargs = {"positions": batch.get("positions"), "attn_mask": batch.get("attn_mask")}
+    if bool(targets.all()):
+        logits, labels = model(batch["input_ids"], **kwargs)["logits"].flatten(0, 1), labels.flatten()
+    else:
+        logits, labels = model(batch["input_ids"], logits_mask=targets, **kwargs)["logits"], labels[targets]
+    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return loss_sum, targets.sum()
 
 
 def target_tokens(batch: Batch) -> int:

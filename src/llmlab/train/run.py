@@ -109,6 +109,8 @@ def resume(run_dir: Path, overrides: dict) -> LoopState:
     """Continue a run from its checkpoint. Only budget/logging fields may change on resume; the
     rest must match, or the continuation would not be the same run."""
     state = load_checkpoint(run_dir)
+    if state["config"].get("kind") == "finetune":
+        raise LLMLabError(f"{run_dir} is a fine-tuning run: continue it with `llmlab finetune --resume {run_dir}`")
     run = RunConfig.from_dict(state["config"])
     refused = sorted(set(overrides) - RESUME_MAY_CHANGE)
     if refused:

@@ -83,12 +83,15 @@ def peak_flops(device: torch.device, configured_tflops: float) -> tuple[float, s
 class Trainer:
     def __init__(self, run: RunConfig, model: torch.nn.Module, data: BatchSource, tokenizer: Tokenizer,
                  run_dir: Path, device: torch.device, resume_state: dict | None = None,
-                 loss_fn: LossFn = causal_lm_loss, base: dict | None = None):
+                 loss_fn: LossFn = causal_lm_loss, base: dict | None = None, artifact: dict | None = None):
         """base: the `ModelSource.as_dict()` the model started from (`RunConfig.init`). With a base
-        and frozen parameters, checkpoints hold only the trainable ones (the base rebuilds the rest)."""
+        and frozen parameters, checkpoints hold only the trainable ones (the base rebuilds the rest).
+        artifact: more entries for every model checkpoint, e.g. fine-tuning's {"adapter": record}
+        that rebuilds the adapter's structure on the base before its weights are loaded.
+        run: a RunConfig, or any config with .train, .seq_len and .to_dict() (fine-tuning's)."""
         self.run, self.cfg = run, run.train
         self.model, self.data, self.tokenizer, self.run_dir, self.device = model, data, tokenizer, run_dir, device
-        self.loss_fn, self.base = loss_fn, base
+        self.loss_fn, self.base, self.artifact = loss_fn, base, artifact or {}
         dtype = self.cfg.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -209,11 +212,15 @@ class Trainer:
         """What a model checkpoint needs (`llmlab.model.checkpoint.load_run_model` reads it): the
         weights, or, for a run from a base with frozen parameters, only the trainable ones + the base."""
         config = self.run.to_dict()
-        payload = {"config": config, "model_config": config["model"], "tokenizer": self.tokenizer.to_dict()}
+        payload = {"config": config, "model_config": config["model"], "tokenizer": self.tokenizer.to_dict(),
+                   **self.artifact}
         weights = self.model.state_dict()
-        frozen = {n for n, p in self.model.named_parameters(remove_duplicate=False) if not p.requires_grad}
-        if self.base is not None and frozen:
-            weights = {k: v for k, v in weights.items() if k not in frozen}
+        params = list(self.model.named_parameters(remove_duplicate=False))
+        if self.base is not None and any(not p.requires_grad for _, p in params):
+            # Only what trained: frozen weights, and buffers derived from them (a QLoRA base's
+            # NF4 codes), are rebuilt from the base.
+            trainable = {n for n, p in params if p.requires_grad}
+            weights = {k: v for k, v in weights.items() if k in trainable}
             payload["base"] = self.base
         return {"model": weights, **payload}
 
