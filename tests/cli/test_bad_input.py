@@ -64,6 +64,17 @@ CASES = [
     ("rag-k", ["rag", "eval", "kb", "--qa", "qa.jsonl", "--k", "1,five"], ["1,five"]),
     ("tokenizer-text-file", ["tokenizer", "encode", "tok", "--text-file", "missing.txt"], ["missing.txt"]),
     ("tokenizer-config", ["tokenizer", "encode", "hftok", "hello"], ["hftok/tokenizer_config.json"]),
+    # finetune: the cases that fail before a model loads (those that need a base: tests/finetune/test_finetune_run.py)
+    ("finetune-no-data", ["finetune"], ["--task"]),
+    ("finetune-data-missing", ["finetune", "--data", "missing.jsonl"], ["missing.jsonl"]),
+    ("finetune-method", ["finetune", "--task", "facts", "--method", "nosuch"], ["--method"]),
+    ("finetune-resume-missing", ["finetune", "--resume", "missing_dir"], ["missing_dir"]),
+    ("finetune-resume-corrupt", ["finetune", "--resume", "corrupt"], ["corrupt/ckpt.pt"]),
+    ("finetune-resume-with-out", ["finetune", "--resume", "corrupt", "--out", "run_y"], ["--out"]),
+    ("finetune-eval-missing", ["finetune", "eval", "missing_run", "--task", "facts"], ["missing_run"]),
+    ("finetune-eval-forgetting", ["finetune", "eval", "corrupt", "--forgetting", "maybe"], ["--forgetting"]),
+    ("finetune-eval-task-and-data", ["finetune", "eval", "corrupt", "--task", "facts", "--data", "qa.jsonl"],
+     ["--task", "--data"]),
 ]
 
 

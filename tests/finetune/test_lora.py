@@ -105,3 +105,13 @@ def test_rslora_scaling_and_bad_targets():
     assert layer.scaling == pytest.approx(16 / 4)
     with pytest.raises(LLMLabError, match="matches no linear layer"):
         apply_lora(tiny_llama(), LoRAConfig(targets="attn.q_proj"))
+
+
+def test_merging_a_qlora_subset_leaves_no_nf4_layer():
+    model = tiny_llama()
+    apply_lora(model, LoRAConfig(r=4, alpha=8, targets="attn.wq", nf4_block=32), "qlora")
+    randomize_b(model)
+    adapted = model(IDS)["logits"]
+    merge_lora(model)
+    assert all(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if n.endswith(("wq", "wk", "w_up")))
+    assert torch.allclose(model(IDS)["logits"], adapted, atol=1e-5)

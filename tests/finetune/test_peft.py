@@ -184,13 +184,13 @@ def test_qlora_adapter_says_its_base_was_nf4(base, tmp_path):
         assert "NF4" in f.metadata()["llmlab_nf4"]
     assert "dequantize(quantize(W))" in (tmp_path / "README.md").read_text()
     assert read_peft_adapter(tmp_path)[1] == "qlora"
-    # method="qlora" rebuilds the NF4 base it was trained on: the fine-tune's own outputs
+    # by default it rebuilds the NF4 base it was trained on: the fine-tune's own outputs
     rebuilt = ours(base)
-    load_peft_adapter(rebuilt, tmp_path, method="qlora")
+    load_peft_adapter(rebuilt, tmp_path)
     assert torch.allclose(logits(rebuilt), trained, atol=1e-5)
-    # by default (as PEFT does) it goes onto the float base: PEFT's outputs, close to but not the NF4 ones
+    # method="lora" puts it on the float base, as PEFT does: PEFT's outputs, close to but not the NF4 ones
     on_float = ours(base)
-    load_peft_adapter(on_float, tmp_path)
+    load_peft_adapter(on_float, tmp_path, method="lora")
     theirs = peft.PeftModel.from_pretrained(hf(base), tmp_path).eval()
     assert (logits(on_float) - logits(theirs)).abs().max().item() < 1e-4
     assert not torch.allclose(logits(on_float), trained, atol=1e-4)

@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from llmlab.core.config import add_config_flags, apply_flags, given_flags
+from llmlab.core.config import _parse_bool, add_config_flags, apply_flags, given_flags
 from llmlab.core.errors import LLMLabError
-from llmlab.finetune.config import FinetuneConfig, FinetuneRun, LoRAConfig, method_defaults
+from llmlab.finetune.config import FinetuneConfig, FinetuneRun, LoRAConfig, describe_method_defaults, method_defaults
 from llmlab.train.config import TrainConfig
 
 # Like `llmlab train`, nothing here imports torch before the flags are checked.
@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Fine-tune a pretrained model on a built-in task (--task) or your JSONL (--data). Each --method starts "
         "from its own training defaults (LoRA's learning rate is 10x full fine-tuning's); any field below "
-        "overrides them. `llmlab finetune eval RUN` compares the result with its base.")
+        "overrides them. `llmlab finetune eval RUN` compares the result with its base. The training defaults "
+        f"below are TrainConfig's; each method starts from its own instead: {describe_method_defaults()}.")
     parser.add_argument("--model", default="smollm2",
                         help="the base: smollm2, a .gguf file, a Hugging Face directory or an llmlab run directory")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/ft-<method>-<timestamp>)")
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", type=Path, help="write one {\"prediction\": ...} JSON line per example, in order")
     p.add_argument("--limit", type=int, help="score only the first N examples")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
-    p.add_argument("--forgetting", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, metavar="true|false",
+    p.add_argument("--forgetting", type=_parse_bool, default=True, metavar="true|false",
                    help="also measure general-text perplexity and the other built-in task's loss, base vs tuned")
     p.add_argument("--general-file", help="text file for the forgetting perplexity (default: WikiText-2 if cached, "
                                           "else Python's docs)")
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if given_flags(FinetuneConfig, args) or given_flags(LoRAConfig, args, 'lora') or args.model != "smollm2":
             raise LLMLabError("the method, adapter and data are fixed by the run being resumed; only training "
                               "budgets and logging flags may be given with --resume")
+        if args.out is not None:
+            raise LLMLabError(f"--resume {args.resume} continues the run in that directory; --out {args.out} is "
+                              "for a new run (leave it out)")
         if not args.resume.is_dir():
             raise LLMLabError(f"--resume {args.resume}: no such run directory (give the --out of an earlier "
                               "`llmlab finetune`)")
@@ -102,6 +106,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.data is not None and not Path(args.data).is_file():
         raise LLMLabError(f"--data {args.data}: no such file (JSONL, one example per line)")
+    if args.task and args.data:
+        raise LLMLabError("give --task (its test split) or --data (your JSONL), not both")
     if args.limit is not None and args.limit < 1:
         raise LLMLabError(f"--limit {args.limit}: must be at least 1")
     resolve_source(args.target)

@@ -62,8 +62,10 @@ def export_peft(run_dir: str | Path, out: str | Path) -> dict:
                               state["base"]["spec"], out)
     notes = []
     if record["method"] == "qlora":
-        notes.append("trained against an NF4-quantized base: with PEFT, load it onto the 4-bit base "
-                     "(bitsandbytes nf4, double quant, block 64) or merge onto dequantize(quantize(W))")
+        lora = record["lora"]
+        notes.append(f"trained against an NF4-quantized base (block {lora['nf4_block']}, double quant "
+                     f"{'on' if lora['double_quant'] else 'off'}): with PEFT, load it onto the 4-bit base "
+                     "(bitsandbytes nf4) or merge onto dequantize(quantize(W)); llmlab's --adapter does that itself")
     n = sum(p.numel() for layer in lora_layers(model).values() for p in layer.parameters() if p.requires_grad)
     return {"source": str(run_dir), "to": "peft", "out": str(out), "files": [str(f) for f in files],
             "parameters": n, "bytes": sum(Path(f).stat().st_size for f in files), "notes": notes}

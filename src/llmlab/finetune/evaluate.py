@@ -126,12 +126,14 @@ def compare(tuned: dict, base: dict) -> dict:
 
 
 def print_table(rows: dict, file=sys.stdout) -> None:
+    def fmt(v: float, spec: str = "10.3f") -> str:   # no base to compare with: "-", not nan
+        return f"{'-':>10}" if math.isnan(v) else f"{v:{spec}}"
+
     print(f"{'measure':<28} {'base':>10} {'tuned':>10} {'change':>10}", file=file)
     for key, r in rows.items():
         change = r.get("delta", r.get("delta_pct"))
         unit = "%" if "delta_pct" in r else ""
-        fmt = (lambda v: f"{v:10.3f}") if not math.isnan(r["base"]) else str
-        print(f"{key:<28} {fmt(r['base'])} {fmt(r['tuned'])} {change:+9.3f}{unit}", file=file)
+        print(f"{key:<28} {fmt(r['base'])} {fmt(r['tuned'])} {fmt(change, '+9.3f')}{unit}", file=file)
 
 
 def evaluate_run(target: str, *, adapter: str | None = None, base: str | None = None, task: str | None = None,
@@ -151,6 +153,11 @@ def evaluate_run(target: str, *, adapter: str | None = None, base: str | None = 
         examples, score, kinds = built.test, built.score, getattr(built, "test_kinds", None)
     else:
         examples, score, kinds = read_examples(data), exact_match, None
+        plain = [i for i, example in enumerate(examples, 1) if example.messages is None]
+        if plain:
+            from llmlab.core.errors import LLMLabError
+            raise LLMLabError(f"{data}: example {plain[0]} is plain {{\"text\"}}, which has no reply to score; "
+                              "eval needs chat {\"messages\": [...]} or Alpaca {instruction, output} examples")
     if limit:
         examples, kinds = examples[:limit], kinds[:limit] if kinds else None
     models = {"tuned": (target, adapter)} | ({"base": (base, None)} if base else {})

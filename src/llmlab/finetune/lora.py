@@ -169,13 +169,25 @@ def quantize_frozen_base(model: nn.Module, block_size: int, double_quant: bool) 
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> list[str]:
-    """Replace every LoRALinear by the plain nn.Linear it computes (QLoRA: onto its NF4 weights).
-    The model's state dict then has the base model's names again, for any export."""
+    """Replace every LoRALinear by the plain nn.Linear it computes (QLoRA: onto its NF4 weights),
+    and a QLoRA base's unadapted NF4 layers by float ones holding the same dequantized weights. The
+    model's state dict then has the base model's names again, for any export."""
     layers = lora_layers(model)
     for name, layer in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.merged_linear())
+        _set(model, name, layer.merged_linear())
+    for name, m in list(model.named_modules()):
+        if hasattr(m, "dequantize") and hasattr(m, "in_features"):
+            linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            linear.weight.copy_(m.dequantize(torch.float32))
+            if m.bias is not None:
+                linear.bias.copy_(m.bias.float())
+            _set(model, name, linear)
     return list(layers)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def adapter_record(config: LoRAConfig, method: str, names: list[str]) -> dict:

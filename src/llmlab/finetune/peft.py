@@ -278,15 +278,17 @@ def _model_order(name: str) -> tuple:
 
 def load_peft_adapter(model: nn.Module, adapter_dir: str | Path, method: str | None = None) -> LoRAConfig:
     """Put the adapter in `adapter_dir` onto `model` (a fresh base: apply_lora, then its weights), so
-    the model computes what PEFT's PeftModel computes. method None takes lora or dora from the adapter;
-    "qlora" also stores the frozen base in NF4, as an adapter exported from a QLoRA fine-tune was trained."""
+    the model computes what PEFT's PeftModel computes. method None takes the adapter's own: lora or
+    dora, or qlora for one exported from an llmlab QLoRA fine-tune (the frozen base stored in NF4 again,
+    as it was trained: merging it onto the float W would change what it computes); method "lora" puts
+    such an adapter on the float base, as PEFT does."""
     adapter_dir = Path(adapter_dir)
     _check_llama(model, f"loading {adapter_dir}")
     if lora_layers(model):
         raise LLMLabError(f"loading {adapter_dir}: the model already has LoRA layers; load onto a fresh base model "
                           "(or merge_lora the old adapter first)")
     config, adapter_method, layers, weights, base = read_peft_adapter(adapter_dir)
-    method = method or ("lora" if adapter_method == "qlora" else adapter_method)
+    method = method or adapter_method
     if (method == "dora") != (adapter_method == "dora") or method not in ("lora", "qlora", "dora"):
         raise LLMLabError(f"loading {adapter_dir}: method {method!r} does not fit its {adapter_method} adapter")
     made_for = f"the adapter was made for {base or 'another base model (base_model_name_or_path is not set)'}"

@@ -21,6 +21,7 @@ from llmlab.finetune.config import FinetuneConfig, FinetuneRun
 from llmlab.finetune.lora import adapter_record, apply_lora, count_parameters
 from llmlab.finetune.sft_data import SFTDataset, read_examples, split_examples
 from llmlab.model.checkpoint import CHECKPOINT, load_checkpoint
+from llmlab.model.surgery import HEAD
 from llmlab.train.run import RESUME_MAY_CHANGE, seed_everything
 from llmlab.train.trainer import LoopState, Trainer, write_run_config
 
@@ -112,9 +113,12 @@ def _facts(model, data: SFTDataset, base: dict) -> dict:
 
 
 def base_bytes_per_param(model) -> float:
-    """Bytes of the frozen base's matrices per weight: 4 in float32, ~0.52 in NF4 with double quant."""
+    """Bytes per weight of the frozen block linears (the output head, float in every method, not
+    counted): 4 in float32, ~0.52 in NF4 with double quant."""
     nbytes, count = 0, 0
-    for m in model.modules():
+    for name, m in model.named_modules():
+        if name == HEAD:
+            continue
         if hasattr(m, "dequantize") and hasattr(m, "in_features"):
             nbytes += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
             count += m.in_features * m.out_features
@@ -135,7 +139,7 @@ def _announce(trainer: Trainer, data: SFTDataset, run_dir: Path, resumed_at: int
              f"  method  {ft.method} ({adapter}): {trainable:,} trainable parameters, "
              f"{100 * trainable / total:.3f}% of the model"]
     if ft.uses_lora:
-        lines.append(f"  frozen  {base_bytes_per_param(model):.3f} bytes per weight in the frozen linear layers")
+        lines.append(f"  frozen  {base_bytes_per_param(model):.3f} bytes per weight in the frozen block linear layers")
     lines += [f"  data    {line}" for line in data.summary().splitlines()]
     lines.append(f"  train   batch {trainer.cfg.batch_size} x {trainer.seq_len} tokens "
                  f"({'packed' if ft.pack else 'length-bucketed'}), lr {trainer.cfg.lr:g}, on {trainer.device} "

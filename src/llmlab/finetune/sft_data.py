@@ -255,16 +255,21 @@ class SFTDataset:
         return pieces, stats
 
     def _pack(self, pieces: list[tuple[torch.Tensor, torch.Tensor]], stats: dict) -> dict:
-        """Greedy next-fit: append each example to the current row while it fits, else open a new
-        row. Rows hold whole examples; the rest of a row is padding in its own document."""
+        """First-fit decreasing (bin packing's classic heuristic): longest examples first, each into
+        the first row with room for it, else a new row. Rows hold whole examples; the rest of a row is
+        padding in its own document. Next-fit in arrival order wastes far more: three 135-token
+        examples fill a 512 row, and a fourth of 100 would open a new one though 107 slots are free."""
         rows: list[list[int]] = []
-        free = 0
-        for i, (inp, _) in enumerate(pieces):
-            if len(inp) > free:
+        free: list[int] = []
+        for i in sorted(range(len(pieces)), key=lambda i: -len(pieces[i][0])):   # stable: ties keep the shuffle
+            need = len(pieces[i][0])
+            r = next((r for r, room in enumerate(free) if room >= need), None)
+            if r is None:
                 rows.append([])
-                free = self.seq_len
-            rows[-1].append(i)
-            free -= len(inp)
+                free.append(self.seq_len)
+                r = len(rows) - 1
+            rows[r].append(i)
+            free[r] -= need
         R, T = len(rows), self.seq_len
         input_ids = torch.full((R, T), self.pad_id, dtype=torch.int32)
         labels = torch.full((R, T), -100, dtype=torch.int32)

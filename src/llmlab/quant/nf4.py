@@ -192,6 +192,25 @@ def dequantize_nf4(q: NF4Weight, dtype: torch.dtype = torch.float32) -> Tensor:
     return (levels * q.block_absmax()[:, None]).view(q.shape).to(dtype)
 
 
+class _DequantizeMatmul(torch.autograd.Function):
+    """y = x W^T with W dequantized on the fly, in forward and again in backward.
+
+    A plain F.linear(x, dequantize()) would keep each layer's dequantized float W alive for the
+    backward pass (autograd saves it to compute the input's gradient), so during backward the
+    whole model would sit in memory in float, which is what QLoRA sets out to avoid. Dequantizing
+    again in backward costs a little compute and keeps only the 4-bit codes resident (bitsandbytes
+    does the same)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, layer: "NF4Linear") -> Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantize(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        return grad_out @ ctx.layer.dequantize(grad_out.dtype), None
+
+
 # Float buffers that are part of the storage format: module dtype casts must not round them.
 _FLOAT_CONSTANTS = ("absmax", "absmax_scales", "absmax_mean")
 
@@ -247,8 +266,8 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.weight_nf4(), dtype or torch.float32)
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize(x.dtype), bias)
+        out = _DequantizeMatmul.apply(x, self)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # model.to(torch.bfloat16) should cast the bias but not the absmax constants: rounding them to

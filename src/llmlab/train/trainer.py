@@ -80,6 +80,19 @@ def peak_flops(device: torch.device, configured_tflops: float) -> tuple[float, s
     return 2 * n**3 * reps / (time.perf_counter() - t0), "measured fp32 matmul"
 
 
+def training_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """The model's 6 FLOPs per weight (Transformer.flops_per_token), less the 2 of the weight
+    gradient that a frozen matrix does not get (fine-tuning), plus 4 per weight a quantized frozen
+    layer holds outside its parameters (QLoRA's NF4 base: forward and input gradient)."""
+    flops = model.flops_per_token(seq_len)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad:
+            flops -= 2 * m.weight.numel()
+        elif hasattr(m, "dequantize") and hasattr(m, "in_features"):
+            flops += 4 * m.in_features * m.out_features
+    return flops
+
+
 class Trainer:
     def __init__(self, run: RunConfig, model: torch.nn.Module, data: BatchSource, tokenizer: Tokenizer,
                  run_dir: Path, device: torch.device, resume_state: dict | None = None,
@@ -119,7 +132,7 @@ class Trainer:
         self.spikes = diagnostics.SpikeDetector(self.cfg.spike_factor)
         self.spikes.recent.extend(self.state.history)
         self.seq_len = run.seq_len
-        self.flops_per_token = model.flops_per_token(self.seq_len)
+        self.flops_per_token = training_flops_per_token(model, self.seq_len)
         self.peak, self.peak_source = peak_flops(device, self.cfg.peak_tflops)
         self.stop_requested = False
 
