@@ -56,6 +56,10 @@ NF4_LEVELS: Tensor = _nf4_levels()
 _MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
 # Worst rounding error for a value in [-1, 1]: half the widest gap (between -1 and the next level).
 NF4_MAX_HALF_GAP: float = float(NF4_LEVELS.diff().max()) / 2
+# The two levels each byte value decodes to (high nibble first): one table lookup per byte instead
+# of unpacking nibbles into a full-size int64 index tensor: 3.4 ms instead of 11.9 ms for a
+# 1536 x 576 layer on one CPU thread (index_select; plain [] indexing of a 2-D table is slower).
+_BYTE_LEVELS = torch.stack([NF4_LEVELS[torch.arange(256) >> 4], NF4_LEVELS[torch.arange(256) & 0xF]], dim=1)
 
 
 def nf4_error_bound(absmax: Tensor, absmax_error: Tensor | float = 0.0) -> Tensor:
@@ -188,7 +192,7 @@ def quantize_nf4(weight: Tensor, block_size: int = 64, double_quant: bool = True
 
 def dequantize_nf4(q: NF4Weight, dtype: torch.dtype = torch.float32) -> Tensor:
     """Rebuild the weight: level[index] * block absmax, computed in float32, returned in `dtype`."""
-    levels = NF4_LEVELS.to(q.codes.device)[_unpack(q.codes)].view(-1, q.block_size)
+    levels = _BYTE_LEVELS.to(q.codes.device).index_select(0, q.codes.int()).view(-1, q.block_size)  # (blocks, block_size)
     return (levels * q.block_absmax()[:, None]).view(q.shape).to(dtype)
 
 
