@@ -2,8 +2,9 @@
 to the same LoRA recipe through PEFT + transformers, and QLoRA through PEFT + bitsandbytes.
 
     python benchmarks/finetune.py                                   # extract-json: every method + anchors
-    python benchmarks/finetune.py --task facts --task-size 24 --rows lora-r1-wv,lora,full --seeds 1,2 \\
-        --steps 30 --batch-size 4 --pack --lr-scale 5            # capacity: does LoRA learn less?
+    python benchmarks/finetune.py --task facts --task-size 16 --rows base,lora-r1-wv,lora,full --steps 96 \\
+        --lr-scale 5 --test-limit 0 --max-new-tokens 16 --ppl-tokens 2048   # capacity: does LoRA learn less?
+    python benchmarks/finetune.py --merge-kl --ppl-tokens 2048     # QLoRA's two merge orders (after the first)
 
 Every row trains in its own process (so its peak RSS is its own) on the same examples, tokenized
 the same way, drawn in the same order: the PEFT rows are fed llmlab's length-bucketed batches.
