@@ -22,7 +22,7 @@ from llmlab.finetune.lora import adapter_record, apply_lora, count_parameters
 from llmlab.finetune.sft_data import SFTDataset, read_examples, split_examples
 from llmlab.model.checkpoint import CHECKPOINT, load_checkpoint
 from llmlab.model.surgery import HEAD
-from llmlab.train.run import RESUME_MAY_CHANGE, seed_everything
+from llmlab.train.run import check_resume_overrides, seed_everything
 from llmlab.train.trainer import LoopState, Trainer, write_run_config
 
 
@@ -90,10 +90,7 @@ def resume(run_dir: Path, overrides: dict) -> LoopState:
     if state["config"].get("kind") != "finetune":
         raise LLMLabError(f"{run_dir} is a pretraining run: continue it with `llmlab train --resume {run_dir}`")
     run = FinetuneRun.from_dict(state["config"])
-    refused = sorted(set(overrides) - RESUME_MAY_CHANGE)
-    if refused:
-        raise LLMLabError(f"cannot change {', '.join(refused)} when resuming (only {', '.join(sorted(RESUME_MAY_CHANGE))}); "
-                          "start a new run with --out instead")
+    check_resume_overrides(overrides)
     if "max_iters" in overrides and run.train.lr_decay_iters is None and "lr_decay_iters" not in overrides:
         overrides = {**overrides, "lr_decay_iters": run.train.max_iters}   # keep the schedule (see train.run.resume)
     run.train = dataclasses.replace(run.train, **overrides)

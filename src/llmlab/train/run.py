@@ -105,6 +105,14 @@ RESUME_MAY_CHANGE = {"max_iters", "lr_decay_iters", "max_time", "eval_every", "c
                      "sample_every", "early_stop_patience", "device", "compile", "threads", "tensorboard", "wandb"}
 
 
+def check_resume_overrides(overrides: dict) -> None:
+    """Only budget/logging fields may change on resume (pretraining and fine-tuning alike)."""
+    refused = sorted(set(overrides) - RESUME_MAY_CHANGE)
+    if refused:
+        raise LLMLabError(f"cannot change {', '.join(refused)} when resuming (only {', '.join(sorted(RESUME_MAY_CHANGE))}); "
+                          "start a new run with --out instead")
+
+
 def resume(run_dir: Path, overrides: dict) -> LoopState:
     """Continue a run from its checkpoint. Only budget/logging fields may change on resume; the
     rest must match, or the continuation would not be the same run."""
@@ -112,10 +120,7 @@ def resume(run_dir: Path, overrides: dict) -> LoopState:
     if state["config"].get("kind") == "finetune":
         raise LLMLabError(f"{run_dir} is a fine-tuning run: continue it with `llmlab finetune --resume {run_dir}`")
     run = RunConfig.from_dict(state["config"])
-    refused = sorted(set(overrides) - RESUME_MAY_CHANGE)
-    if refused:
-        raise LLMLabError(f"cannot change {', '.join(refused)} when resuming (only {', '.join(sorted(RESUME_MAY_CHANGE))}); "
-                          "start a new run with --out instead")
+    check_resume_overrides(overrides)
     old = run.train
     run.train = dataclasses.replace(run.train, **overrides)
     if "max_iters" in overrides and old.lr_decay_iters is None and old.max_iters and "lr_decay_iters" not in overrides \
