@@ -84,6 +84,7 @@ def test_remote_source_is_checked_and_offline_error_says_what_to_do(tmp_path, mo
 
     cached.write_bytes(good[:-10])  # a damaged cache is not trusted ...
     monkeypatch.setattr(sources.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(sources, "shared_data_dirs", lambda: [])   # no verified local copy either
     with pytest.raises(LLMLabError, match="--data-file"):  # ... and offline the error says how to proceed
         sources.fetch_remote("wikitext-2")
 

@@ -18,12 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmlab.cli.generate import sampling_from
+    from llmlab.cli.generate import sampling_from, speculative_from, speculative_summary
     from llmlab.core.errors import LLMLabError
     from llmlab.infer import Engine
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile, adapter=args.adapter)
+    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile, adapter=args.adapter,
+                         native_gguf=args.native_gguf, speculative=speculative_from(args))
     config = sampling_from(args)
     system = args.system
     history: list[dict] = []
@@ -74,4 +75,5 @@ def run(args: argparse.Namespace) -> int:
         completion = result["completion"]
         history.append({"role": "assistant", "content": completion.text})
         t = completion.timings
-        print(f"\n[{len(completion.token_ids)} tokens, {t['decode_tok_s']:.1f} tok/s]", file=sys.stderr)
+        print(f"\n[{len(completion.token_ids)} tokens, {t['decode_tok_s']:.1f} tok/s{speculative_summary(t)}]",
+              file=sys.stderr)

@@ -12,16 +12,33 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     from llmlab.core.config import add_config_flags
     from llmlab.infer.sampling import SamplingConfig
 
-    parser.add_argument("--model", default="smollm2", help="smollm2, a .gguf file, a Hugging Face model directory, or an llmlab run directory")
+    parser.add_argument("--model", default="smollm2", help="smollm2, a .gguf file, a Hugging Face model directory, an llmlab run directory, "
+                                                        "or a `llmlab quantize` directory")
     parser.add_argument("--adapter", help="a LoRA adapter to put on --model (merged at load): a `llmlab finetune` "
                                           "run directory or a PEFT adapter directory")
+    parser.add_argument("--native-gguf", action="store_true",
+                        help="run a GGUF's own Q8_0/Q4_0/Q4_1 blocks as int8/int4 layers (the file's exact values, "
+                             "4.5-8.5 bits per weight in memory) instead of dequantizing them to --dtype")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 weights")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 weights (and activations)")
     parser.add_argument("--compile", action="store_true",
                         help="compile the decode step (static KV cache, fused matrix-vector loops) at load: about a "
                              "minute the first time, seconds once inductor's on-disk cache is warm; then 2.5-3x the "
                              "eager decode speed on AMD EPYC, less on Intel Xeon (docs/03-inference.md)")
     add_config_flags(parser, SamplingConfig, "sampling (SamplingConfig)")
+    spec = parser.add_argument_group("speculative decoding (llmlab.infer.speculative; single prompts, same output "
+                                     "distribution, greedy text token-identical)")
+    spec.add_argument("--speculative", choices=["prompt-lookup", "draft"],
+                      help="draft tokens by matching the context's last n-gram earlier in the context (prompt-lookup, "
+                           "no second model), or with a draft model (draft, see --draft); the target checks them "
+                           "all in one forward pass")
+    spec.add_argument("--draft", metavar="MODEL", help="the draft model (implies --speculative draft): any --model "
+                                                       "source with the target's vocabulary, e.g. a quantized copy")
+    spec.add_argument("--draft-dtype", help="float32 or bfloat16 for the draft model (None: --dtype)")
+    spec.add_argument("--draft-native-gguf", action="store_true",
+                      help="run a GGUF draft's own Q8_0/Q4_0/Q4_1 blocks as int8/int4 layers (as --native-gguf)")
+    spec.add_argument("--num-draft", type=int, default=5, metavar="K", help="tokens drafted per target pass")
+    spec.add_argument("--ngram", type=int, default=3, metavar="N", help="prompt-lookup: longest n-gram matched")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +60,31 @@ def sampling_from(args: argparse.Namespace):
     return apply_flags(SamplingConfig(), args)
 
 
+def speculative_from(args: argparse.Namespace):
+    """The SpeculativeConfig the flags ask for, or None (plain decoding)."""
+    from llmlab.core.errors import LLMLabError
+    from llmlab.infer.speculative import SpeculativeConfig
+
+    method = args.speculative or ("draft" if args.draft else None)
+    if method is None:
+        return None
+    if method == "prompt-lookup" and args.draft:
+        raise LLMLabError("--draft MODEL goes with --speculative draft, not prompt-lookup: drop one of them")
+    if method == "draft" and not args.draft:
+        raise LLMLabError("--speculative draft needs --draft MODEL (e.g. a quantized copy of --model)")
+    return SpeculativeConfig(method, num_draft=args.num_draft, ngram=args.ngram, draft=args.draft,
+                             draft_dtype=args.draft_dtype, draft_native_gguf=args.draft_native_gguf)
+
+
+def speculative_summary(timings: dict) -> str:
+    """'; prompt-lookup: 40/60 drafts accepted (67%), 21 target passes (2.9 tokens each)', or ''."""
+    s = timings.get("speculative")
+    if not s:
+        return ""
+    return (f"; {s['method']}: {s['accepted']}/{s['drafted']} drafts accepted ({s['acceptance_rate']:.0%}), "
+            f"{s['target_passes']} target passes ({s['tokens_per_pass']:.2f} tokens each)")
+
+
 def run(args: argparse.Namespace) -> int:
     from llmlab.core.errors import LLMLabError
     from llmlab.infer import Engine
@@ -55,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         prompt = args.prompt
     else:
         raise LLMLabError("give --prompt TEXT or --prompt-file PATH")
-    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile, adapter=args.adapter)
+    speculative = speculative_from(args)
+    engine = Engine.load(args.model, args.device, args.dtype, compile=args.compile, adapter=args.adapter,
+                         native_gguf=args.native_gguf, speculative=speculative)
     config = sampling_from(args)
     result: dict = {}
     for delta in engine.stream(prompt, config, raw=True if args.raw else None, overflow=args.overflow, result=result):
@@ -69,5 +113,5 @@ def run(args: argparse.Namespace) -> int:
         t = completion.timings
         compiled = f"; compile {t['compile_s']:.1f} s (not in decode)" if args.compile else ""
         print(f"\n[{len(completion.token_ids)} tokens, {completion.finish_reason}; prefill {t['prefill_tok_s']:.0f} tok/s, "
-              f"decode {t['decode_tok_s']:.1f} tok/s{compiled}]", file=sys.stderr)
+              f"decode {t['decode_tok_s']:.1f} tok/s{compiled}{speculative_summary(t)}]", file=sys.stderr)
     return 0

@@ -6,8 +6,10 @@
     wikitext-2         WikiText-2 validation split, word-level (downloaded + checked, or --data-file)
 
 Downloads go to ~/.cache/llmlab/sources (or $LLMLAB_CACHE) and are verified by sha256 before
-use, so a truncated or tampered file is never trained on. Offline, the error says how to supply
-the file. A prepared dataset (tokenized, split, memmapped) is cached under a key made of the
+use, so a truncated or tampered file is never trained on. A copy that is not cached is first looked
+for in the shared data folders (`shared_data_dirs`: $LLMLAB_SHARED_DATA, then ../shared/data beside
+the current directory and beside the repository), accepted only with the same sha256, so an offline
+machine that has the file needs no download. Offline with no copy, the error says how to supply it. A prepared dataset (tokenized, split, memmapped) is cached under a key made of the
 text's hash, the tokenizer and the split fraction, so the second run starts instantly. The tokenizer
 part is the spec when the tokenizer is trained from the text ("char", "bpe:4096:gpt4"), and the hash
 of the tokenizer itself when the spec names a saved one: retraining a tokenizer into the same
@@ -36,16 +38,19 @@ from llmlab.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 class RemoteText:
     url: str
     sha256: str
-    filename: str
+    filename: str      # its name in the cache
+    shared_name: str   # its path inside a shared data folder
 
 
 REMOTE = {
     "tinyshakespeare": RemoteText(
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "tinyshakespeare.txt"),
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "tinyshakespeare.txt",
+        "tinyshakespeare.txt"),
     "wikitext-2": RemoteText(
         "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/valid.txt",
-        "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8", "wikitext-2-valid.txt"),
+        "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8", "wikitext-2-valid.txt",
+        "wikitext-2/valid.txt"),
 }
 BUILTIN = ("shakespeare", "shakespeare-tiny")
 SOURCES = BUILTIN + tuple(REMOTE)
@@ -59,21 +64,44 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def shared_data_dirs() -> list[Path]:
+    """Folders that may hold verified copies of the remote sources, most specific first."""
+    dirs = [Path(os.environ["LLMLAB_SHARED_DATA"])] if os.environ.get("LLMLAB_SHARED_DATA") else []
+    repo_root = Path(__file__).resolve().parents[3]   # src/llmlab/data/sources.py -> the checkout
+    return dirs + [Path.cwd().parent / "shared" / "data", repo_root.parent / "shared" / "data"]
+
+
+def _shared_copy(remote: RemoteText) -> bytes | None:
+    """A copy of `remote` in a shared data folder with the expected sha256, or None."""
+    for folder in shared_data_dirs():
+        candidate = folder / remote.shared_name
+        if candidate.is_file():
+            data = candidate.read_bytes()
+            if sha256_bytes(data) == remote.sha256:
+                return data
+    return None
+
+
 def fetch_remote(name: str, timeout: float = 30.0) -> bytes:
-    """The bytes of a remote source: from the cache, else downloaded, verified, then cached."""
+    """The bytes of a remote source: from the cache, else a verified shared copy, else downloaded,
+    verified, then cached. The shared copy is tried before the network: it is the same bytes (same
+    sha256), and an offline machine would otherwise wait on the download first."""
     remote = REMOTE[name]
     path = cache_dir() / "sources" / remote.filename
     if path.is_file():
         data = path.read_bytes()
         if sha256_bytes(data) == remote.sha256:
             return data
+    shared = _shared_copy(remote)
+    if shared is not None:
+        return shared
     try:
         with urllib.request.urlopen(remote.url, timeout=timeout) as response:
             data = response.read()
     except OSError as e:
         raise LLMLabError(
             f"could not download {name} from {remote.url} ({e}). Offline? Pass the file you have with "
-            f"--data-file PATH (e.g. --data-file ../shared/data/{'tinyshakespeare.txt' if name == 'tinyshakespeare' else 'wikitext-2/valid.txt'}), "
+            f"--data-file PATH (e.g. --data-file ../shared/data/{remote.shared_name}), "
             f"or place it at {path}") from None
     if sha256_bytes(data) != remote.sha256:
         raise LLMLabError(f"{remote.url} returned data with sha256 {sha256_bytes(data)}, expected "

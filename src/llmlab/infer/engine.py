@@ -4,6 +4,11 @@
     engine.generate("Once upon a time", SamplingConfig(max_new_tokens=50, temperature=0))
     for delta in engine.chat_stream([{"role": "user", "content": "Hi"}], SamplingConfig()):
         print(delta, end="")
+
+Speculative decoding (llmlab.infer.speculative) for single prompts, same text, fewer target passes:
+
+    engine = Engine.load("smollm2", speculative=SpeculativeConfig("prompt-lookup"))
+    engine = Engine.load("smollm2", speculative=SpeculativeConfig("draft", draft="smollm2", draft_native_gguf=True))
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from llmlab.core.device import pick_device, pick_dtype
 from llmlab.core.errors import LLMLabError
 from llmlab.infer.generate import StreamState, Timings, decode_steps
 from llmlab.infer.sampling import SamplingConfig
+from llmlab.infer.speculative import SpeculativeConfig, SpeculativeStats, check_vocab, load_draft_model, speculative_steps
 from llmlab.model.source import ModelSource, load_model
 from llmlab.model.transformer import Transformer
 from llmlab.tokenizer import Tokenizer
@@ -76,9 +82,13 @@ class Reply:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: torch.device, name: str = "",
-                 compile: bool = False, source: ModelSource | None = None):
+                 compile: bool = False, source: ModelSource | None = None,
+                 speculative: SpeculativeConfig | None = None, draft_model: Transformer | None = None):
         self.model, self.tokenizer, self.device, self.name = model.eval(), tokenizer, device, name
         self.source = source
+        self.speculative: SpeculativeConfig | None = None
+        self.draft_model: Transformer | None = None
+        self.use_speculative(speculative, draft_model)
         # compile: decode steps through one compiled graph per (batch, cache size)
         # (llmlab.infer.compiled_decode). The graph of short single prompts is compiled here, at
         # load; a larger one before the generation that first needs it. Either way the seconds are
@@ -97,17 +107,35 @@ class Engine:
             timings.compile_s += self.decode_fn.prepare(batch, needed_slots)
         return timings
 
+    def use_speculative(self, config: SpeculativeConfig | None, draft_model: Transformer | None = None) -> None:
+        """Speculative decoding for `stream`/`generate` (single prompts; batches decode plainly), or
+        None to turn it off. Method "draft" takes draft_model, else loads config.draft; a draft
+        whose vocabulary differs from the target's is refused."""
+        if config is not None and config.method == "draft":
+            if draft_model is None:
+                draft_model = load_draft_model(config, self.model, self.device)
+            check_vocab(self.model, draft_model)
+            draft_model = draft_model.eval()
+        self.speculative = config
+        self.draft_model = draft_model if config is not None and config.method == "draft" else None
+
     @classmethod
     def load(cls, spec: str | Path = "smollm2", device: str = "auto", dtype: str = "float32",
-             compile: bool = False, adapter: str | Path | None = None) -> "Engine":
-        """adapter: a LoRA run directory or PEFT adapter directory, merged into the model at load."""
+             compile: bool = False, adapter: str | Path | None = None, native_gguf: bool = False,
+             speculative: SpeculativeConfig | None = None) -> "Engine":
+        """adapter: a LoRA run directory or PEFT adapter directory, merged into the model at load.
+        native_gguf: keep a GGUF's quantized blocks as int8/int4 layers (llmlab.quant.gguf_native).
+        speculative: speculative decoding for single prompts; a draft model (speculative.draft)
+        is loaded here, on the same device, in speculative.draft_dtype (default: `dtype`)."""
         dev = pick_device(device)
-        model, tokenizer, source = load_model(spec, adapter=adapter, merge_adapters=True)
+        model, tokenizer, source = load_model(spec, adapter=adapter, merge_adapters=True, native_gguf=native_gguf)
         if tokenizer is None:
             raise LLMLabError(f"{source.path} has weights but no tokenizer (tokenizer.json); add one to generate text")
         model = model.to(device=dev, dtype=pick_dtype(dtype))
         name = f"{source.name}+{Path(adapter).name}" if adapter else source.name
-        return cls(model, tokenizer, dev, name, compile, source)
+        engine = cls(model, tokenizer, dev, name, compile, source)
+        engine.use_speculative(speculative)
+        return engine
 
     @property
     def max_context(self) -> int:
@@ -171,12 +199,20 @@ class Engine:
                overflow: str = "error", result: dict | None = None) -> Iterator[str]:
         """Yield text deltas; they add up to the completion's text. When done, `result` (if given)
         receives the Completion. overflow="truncate" drops whole old turns from messages, and the
-        oldest tokens from other prompts."""
+        oldest tokens from other prompts. With speculative decoding on, timings["speculative"]
+        holds its counts (drafted, accepted, acceptance_rate, target_passes, tokens_per_pass)."""
         fit = overflow == "truncate" and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
         prompt_ids = self.encode_prompt(prompt, raw, config.max_new_tokens if fit else None)
         reply = Reply(self._stop_ids(config), StreamState(list(config.stop)), config.max_new_tokens)
         timings = self._timings(1, len(prompt_ids) + config.max_new_tokens)
-        for step in decode_steps(self.model, [prompt_ids], config, overflow, timings, decode_fn=self.decode_fn):
+        stats = None
+        if self.speculative is not None:
+            stats = SpeculativeStats(self.speculative.method)
+            steps = speculative_steps(self.model, prompt_ids, config, self.speculative, self.draft_model, overflow,
+                                      timings, stats, decode_fn=self.decode_fn)
+        else:
+            steps = decode_steps(self.model, [prompt_ids], config, overflow, timings, decode_fn=self.decode_fn)
+        for step in steps:
             token = int(step.ids[0])
             delta = reply.add(token, float(step.logprobs[0]), self._token_bytes(token))
             if delta:
@@ -184,7 +220,10 @@ class Engine:
             if reply.finish:
                 break
         if result is not None:
-            result["completion"] = reply.completion(len(prompt_ids), config.logprobs, timings.as_dict())
+            timing = timings.as_dict()
+            if stats is not None:
+                timing["speculative"] = stats.as_dict()
+            result["completion"] = reply.completion(len(prompt_ids), config.logprobs, timing)
 
     def generate(self, prompt: str | list[int] | list[dict], config: SamplingConfig, raw: bool | None = None,
                  overflow: str = "error") -> Completion:

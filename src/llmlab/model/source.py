@@ -4,6 +4,7 @@
     path/x.gguf      a GGUF file (llama.cpp's format): dequantized into our Transformer
     path/hf_dir      a Hugging Face directory: config.json + *.safetensors (+ tokenizer.json)
     path/run_dir     an llmlab run directory (best.pt, else ckpt.pt) or a checkpoint file
+    path/quant_dir   a `llmlab quantize` directory (config.json says format "llmlab-quantized")
 
 `resolve_source` names the source without loading it (cheap: for messages and for recording which
 base a run started from); `load_model` turns it into the (Transformer, Tokenizer) pair everything
@@ -20,7 +21,8 @@ from typing import Any
 
 from llmlab.core.errors import LLMLabError
 
-KINDS = ("builtin", "gguf", "hf", "run")
+KINDS = ("builtin", "gguf", "hf", "run", "quantized")
+QUANTIZED_FORMAT = "llmlab-quantized"   # config.json "format" of llmlab.quant.artifact directories
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class ModelSource:
     def weight_files(self) -> list[Path]:
         if self.kind in ("builtin", "gguf") or self.path.is_file():
             return [self.path]
-        if self.kind == "hf":
+        if self.kind in ("hf", "quantized"):
             return sorted(self.path.glob("*.safetensors"))
         from llmlab.model.checkpoint import BEST, CHECKPOINT
         return [self.path / (BEST if (self.path / BEST).is_file() else CHECKPOINT)]
@@ -57,6 +59,19 @@ class ModelSource:
         return out
 
 
+def is_quantized_dir(path: Path) -> bool:
+    """A directory `llmlab quantize` wrote (its config.json names our format; HF's never does)."""
+    import json
+
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file()):
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == QUANTIZED_FORMAT
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
 def is_hf_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and not (path / "ckpt.pt").exists() and \
         (any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file())
@@ -73,6 +88,8 @@ def resolve_source(spec: str | Path) -> ModelSource:
         if not path.is_file():
             raise LLMLabError(f"model {text!r}: no such GGUF file")
         return ModelSource(text, "gguf", path)
+    if is_quantized_dir(path):
+        return ModelSource(text, "quantized", path)
     if is_hf_dir(path):
         return ModelSource(text, "hf", path)
     if path.is_file() or (path.is_dir() and any((path / n).is_file() for n in ("ckpt.pt", "best.pt"))):
@@ -85,15 +102,19 @@ def resolve_source(spec: str | Path) -> ModelSource:
                       "model directory (config.json + *.safetensors), or an llmlab run directory (ckpt.pt / best.pt)")
 
 
-def load_model(spec: str | Path | ModelSource, adapter: str | Path | None = None, merge_adapters: bool = False):
+def load_model(spec: str | Path | ModelSource, adapter: str | Path | None = None, merge_adapters: bool = False,
+               native_gguf: bool = False):
     """(Transformer, Tokenizer or None, ModelSource) from any source `resolve_source` accepts.
     Only a Hugging Face directory may come without a tokenizer (no tokenizer.json).
 
     adapter: a LoRA adapter to put on the model (a fine-tuning run directory or a PEFT adapter
     directory). merge_adapters: fold every LoRA layer (from `adapter`, or from a fine-tuning run
     loaded as the model itself) into plain linear layers, for inference at the base model's cost.
-    Adapters are llmlab.finetune's format; it is imported only when one is met."""
-    model, tokenizer, source = _load(spec)
+    Adapters are llmlab.finetune's format; it is imported only when one is met.
+
+    native_gguf: a GGUF's Q8_0/Q4_0/Q4_1 tensors become llmlab.quant's int8/int4 layers holding the
+    file's own blocks (no float copy); other sources ignore it."""
+    model, tokenizer, source = _load(spec, native_gguf)
     if adapter is not None:
         from llmlab.finetune.adapter import load_adapter
         load_adapter(model, adapter, source)
@@ -103,8 +124,16 @@ def load_model(spec: str | Path | ModelSource, adapter: str | Path | None = None
     return model, tokenizer, source
 
 
-def _load(spec: str | Path | ModelSource):
+def _load(spec: str | Path | ModelSource, native_gguf: bool = False):
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec)
+    if source.kind in ("builtin", "gguf") and native_gguf:
+        from llmlab.quant.gguf_native import load_native_gguf
+        model, tokenizer = load_native_gguf(source.path)
+        return model, tokenizer, source
+    if source.kind == "quantized":
+        from llmlab.quant.artifact import load_quantized
+        model, tokenizer = load_quantized(source.path)
+        return model, tokenizer, source
     if source.kind in ("builtin", "gguf"):
         from llmlab.model.gguf import load_gguf_state, open_gguf
         from llmlab.model.transformer import Transformer

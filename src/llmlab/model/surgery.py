@@ -37,6 +37,11 @@ def _matches(name: str, pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(".".join(parts[i:]), pattern) for i in range(len(parts)))
 
 
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a module name is selected by any of the patterns (same rules as select_linears)."""
+    return any(_matches(name, p) for p in patterns)
+
+
 def select_linears(model: nn.Module, patterns: Iterable[str] | str) -> list[str]:
     """Names of the nn.Linear modules the patterns select, in model order. A pattern that selects
     nothing is an error naming the layers there are (a typo would otherwise adapt nothing)."""

@@ -227,10 +227,13 @@ class Transformer(nn.Module):
     def init_rope(self) -> None:
         """(Re)compute the RoPE tables, e.g. after building the model on the meta device."""
         c = self.config
-        if self.tok_emb.weight.device.type == "meta":
+        # The first parameter says where the model lives (not tok_emb.weight: the embedding may be
+        # a quantized table whose .weight is computed).
+        device = next(self.parameters()).device
+        if device.type == "meta":
             return  # built on the meta device: from_state_dict calls this again with real tensors
         cos, sin = rope_frequencies(c.head_dim, c.block_size, c.rope_theta)
-        self.rope_cos, self.rope_sin = cos.to(self.tok_emb.weight.device), sin.to(self.tok_emb.weight.device)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> "Transformer":

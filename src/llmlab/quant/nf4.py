@@ -269,6 +269,16 @@ class NF4Linear(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
         return dequantize_nf4(self.weight_nf4(), dtype or torch.float32)
 
+    def dequantize_rows(self, rows: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Rows of the weight (a tied embedding table looks tokens up here): whole blocks per row
+        when block_size divides in_features, else via the full matrix."""
+        if self.in_features % self.block_size:
+            return self.dequantize(dtype)[rows]
+        codes = self.codes.view(self.out_features, -1)[rows].reshape(-1)
+        absmax = self.weight_nf4().block_absmax().view(self.out_features, -1)[rows]
+        levels = _BYTE_LEVELS.to(codes.device).index_select(0, codes.int()).view(len(rows), -1, self.block_size)
+        return (levels * absmax[..., None]).view(len(rows), -1).to(dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         out = _DequantizeMatmul.apply(x, self)
         return out if self.bias is None else out + self.bias.to(x.dtype)
