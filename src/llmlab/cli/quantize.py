@@ -39,8 +39,13 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_source(args.model)
     if source.kind == "quantized":
         raise LLMLabError(f"{args.model} is already quantized: quantize its source model instead")
-    if (args.out / "config.json").exists() and not args.force:
-        raise LLMLabError(f"{args.out} already holds a model: choose another --out, or pass --force to overwrite it")
+    if (args.out / "config.json").exists():
+        from llmlab.model.source import is_quantized_dir
+        if not is_quantized_dir(args.out):   # a run or HF directory: --force must not overwrite its config
+            raise LLMLabError(f"{args.out} holds another kind of model or run: choose an empty --out directory")
+        if not args.force:
+            raise LLMLabError(f"{args.out} already holds a quantized model: choose another --out, or pass --force "
+                              "to overwrite it")
 
     from llmlab.model.source import load_model
     from llmlab.quant.artifact import save_quantized

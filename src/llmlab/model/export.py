@@ -8,11 +8,14 @@ what goes in it:
                BPE and the character tokenizer: model "llama", tokens, scores, types; both: special
                ids, add_bos/add_space_prefix, chat template)
     tensors    names from `llmlab.model.gguf.TENSOR_NAMES` (the same table the reader uses), q/k rows
-               permuted to llama.cpp's interleaved RoPE pairing (llama arch only), matrices in F32, F16 or Q8_0;
-               1-D tensors (norms, biases) always F32, as llama.cpp's converter keeps them
+               permuted to llama.cpp's interleaved RoPE pairing (llama arch only), matrices in F32, F16, Q8_0,
+               Q4_0 or Q4_1 (`write_gguf` takes any (name, rows, GGML type) list, so models with int8/int4
+               layers write their own blocks: `llmlab.quant.gguf_export`); 1-D tensors (norms, biases)
+               always F32, as llama.cpp's converter keeps them
 
 Q8_0 (our quantizer, `quantize_q8_0`): blocks of 32 values share one float16 scale
 d = max|x| / 127 and store round(x / d) as int8: 34 bytes per 32 weights (8.5 bits per weight).
+Q4_0 / Q4_1 (4.5 / 5 bits per weight) follow llama.cpp's reference rounding in `llmlab.quant.gguf_export`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from llmlab.core.errors import LLMLabError
 from llmlab.core.io import atomic_path
 from llmlab.model.config import ModelConfig
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 Q8_BLOCK = 32
 
 
@@ -50,7 +53,7 @@ def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, rows // n_heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _gguf_arch(config: ModelConfig) -> str:
+def gguf_arch(config: ModelConfig) -> str:
     if config.position != "rope" or config.norm != "rmsnorm" or config.mlp != "swiglu":
         raise LLMLabError("GGUF export supports Llama-style models (rope + rmsnorm + swiglu); this one is "
                           f"{config.position}/{config.norm}/{config.mlp}: export it with --to hf instead")
@@ -128,28 +131,97 @@ def _add_tokenizer(writer, tokenizer) -> None:
 
 def save_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, path: str | Path,
               dtype: str = "f16", name: str = "llmlab") -> Path:
-    """Write a llama.cpp-loadable GGUF file. dtype: f32 | f16 | q8_0 (for 2-D weights)."""
+    """Write a llama.cpp-loadable GGUF file from float weights. dtype: f32 | f16 | q8_0 | q4_0 | q4_1
+    (for 2-D weights; a model with int8/int4 layers goes through llmlab.quant.gguf_export)."""
+    check_gguf_type(dtype)
+    arch = gguf_arch(config)
+    tensors = []
+    for our_name, tensor in state.items():
+        if our_name == "lm_head.weight" and config.tie_embeddings:
+            continue  # no output.weight: llama.cpp then reuses token_embd, as the reader does
+        data = to_gguf_rows(our_name, tensor.detach().float().cpu().numpy(), config, arch)
+        tensors.append((gguf_tensor_name(our_name), *encode_float(data, dtype)))
+    return write_gguf(path, config, tokenizer, tensors, dtype, name)
+
+
+def check_gguf_type(dtype: str) -> None:
     if dtype not in GGUF_TYPES:
         raise LLMLabError(f"GGUF tensor type {dtype!r} is not supported for export (choose {', '.join(GGUF_TYPES)})")
-    arch = _gguf_arch(config)
+
+
+def gguf_tensor_name(our_name: str) -> str:
+    """Our parameter name -> its GGUF tensor name (`llmlab.model.gguf.TENSOR_NAMES` read backwards)."""
+    from llmlab.model.gguf import TENSOR_NAMES
+
+    reverse = {ours: theirs for theirs, ours in TENSOR_NAMES.items()}
+    parts = our_name.split(".")
+    key = ".".join(["blocks", "{i}", *parts[2:]]) if parts[0] == "blocks" else our_name
+    gguf_name = reverse.get(key)
+    if gguf_name is None:
+        raise LLMLabError(f"parameter {our_name} has no GGUF tensor name")
+    return gguf_name.replace("{i}", parts[1]) if parts[0] == "blocks" else gguf_name
+
+
+def to_gguf_rows(our_name: str, rows: np.ndarray, config: ModelConfig, arch: str) -> np.ndarray:
+    """q/k rows (of floats, or of raw quantized blocks: a row permutation moves whole rows) in
+    llama.cpp's order. Only its "llama" architecture uses interleaved RoPE pairs ("NORM" rope); qwen2
+    uses the rotate-halves ("NEOX") pairing like ours, so its q/k rows are stored unpermuted."""
+    heads = None
+    if arch == "llama" and our_name.endswith(("attn.wq.weight", "attn.wq.bias")):
+        heads = config.n_head
+    elif arch == "llama" and our_name.endswith(("attn.wk.weight", "attn.wk.bias")):
+        heads = config.n_kv_head
+    if heads is not None:
+        rows = permute_qk(rows.reshape(rows.shape[0], -1), heads).reshape(rows.shape)
+    return np.ascontiguousarray(rows)
+
+
+def encode_float(data: np.ndarray, dtype: str):
+    """A float32 tensor (GGUF row order) -> (array to write, raw GGML type or None for a plain array).
+    1-D tensors (norms, biases) stay F32, as llama.cpp's converter keeps them; a matrix whose rows
+    are not a whole number of 32-weight blocks cannot be block-quantized and is written F16."""
+    import gguf
+
+    if data.ndim == 1 or dtype == "f32":
+        return data.astype(np.float32), None
+    if dtype == "f16" or data.shape[1] % Q8_BLOCK:
+        return data.astype(np.float16), None
+    if dtype == "q8_0":
+        return quantize_q8_0(data), gguf.GGMLQuantizationType.Q8_0
+    from llmlab.quant.gguf_export import quantize_q4_0, quantize_q4_1
+
+    if dtype == "q4_0":
+        return quantize_q4_0(data), gguf.GGMLQuantizationType.Q4_0
+    return quantize_q4_1(data), gguf.GGMLQuantizationType.Q4_1
+
+
+def write_gguf(path: str | Path, config: ModelConfig, tokenizer, tensors, dtype: str, name: str) -> Path:
+    """Write metadata, tokenizer and `tensors` (an iterable of (GGUF name, array, raw GGML type or
+    None), rows already in llama.cpp's order) as a GGUF file. dtype names the file type."""
+    check_gguf_type(dtype)
+    arch = gguf_arch(config)
     path = Path(path)
     # Written under a temporary name and renamed over `path` only when complete: an export that
     # fails (bad input, disk full, Ctrl-C) leaves the previous file as it was and no temporary.
     try:
         with atomic_path(path) as tmp:
-            _write_gguf(tmp, state, config, tokenizer, arch, dtype, name)
+            _write_gguf(tmp, tensors, config, tokenizer, arch, dtype, name)
     except OSError as e:
         raise LLMLabError(f"writing {path} failed ({e}); nothing was written") from None
     return path
 
 
-def _write_gguf(tmp: Path, state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, arch: str,
-                dtype: str, name: str) -> None:
+def _write_gguf(tmp: Path, tensors, config: ModelConfig, tokenizer, arch: str, dtype: str, name: str) -> None:
     import gguf
 
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        _fill_gguf(writer, state, config, tokenizer, arch, dtype, name)
+        _add_metadata(writer, config, tokenizer, dtype, name)
+        for gguf_name, data, raw_dtype in tensors:
+            if raw_dtype is None:
+                writer.add_tensor(gguf_name, data)
+            else:
+                writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -157,15 +229,13 @@ def _write_gguf(tmp: Path, state: dict[str, torch.Tensor], config: ModelConfig, 
         writer.close()
 
 
-def _fill_gguf(writer, state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, arch: str,
-               dtype: str, name: str) -> None:
+def _add_metadata(writer, config: ModelConfig, tokenizer, dtype: str, name: str) -> None:
     import gguf
 
-    from llmlab.model.gguf import TENSOR_NAMES
-
+    file_types = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
+                  "q4_1": "MOSTLY_Q4_1"}
     writer.add_name(name)
-    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    writer.add_file_type(getattr(gguf.LlamaFileType, file_types[dtype]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.block_size)
@@ -182,76 +252,82 @@ def _fill_gguf(writer, state: dict[str, torch.Tensor], config: ModelConfig, toke
     if tokenizer is not None:
         _add_tokenizer(writer, tokenizer)
 
-    reverse = {ours: theirs for theirs, ours in TENSOR_NAMES.items()}
-    for our_name, tensor in state.items():
-        if our_name == "lm_head.weight" and config.tie_embeddings:
-            continue  # no output.weight: llama.cpp then reuses token_embd, as the reader does
-        parts = our_name.split(".")
-        key = ".".join(["blocks", "{i}", *parts[2:]]) if parts[0] == "blocks" else our_name
-        gguf_name = reverse.get(key)
-        if gguf_name is None:
-            raise LLMLabError(f"parameter {our_name} has no GGUF tensor name")
-        if parts[0] == "blocks":
-            gguf_name = gguf_name.replace("{i}", parts[1])
-        data = tensor.detach().float().cpu().numpy()
-        # Only llama.cpp's "llama" architecture uses interleaved RoPE pairs ("NORM" rope); qwen2 uses
-        # the rotate-halves ("NEOX") pairing like ours, so its q/k rows are stored unpermuted.
-        if arch != "llama":
-            pass
-        elif our_name.endswith(("attn.wq.weight", "attn.wq.bias")):
-            data = permute_qk(data.reshape(data.shape[0], -1), config.n_head).reshape(data.shape)
-        elif our_name.endswith(("attn.wk.weight", "attn.wk.bias")):
-            data = permute_qk(data.reshape(data.shape[0], -1), config.n_kv_head).reshape(data.shape)
-        data = np.ascontiguousarray(data)
-        if data.ndim == 1 or dtype == "f32":
-            writer.add_tensor(gguf_name, data.astype(np.float32))
-        elif dtype == "f16":
-            writer.add_tensor(gguf_name, data.astype(np.float16))
-        elif data.shape[1] % Q8_BLOCK == 0:
-            writer.add_tensor(gguf_name, quantize_q8_0(data), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:  # a row that is not a whole number of blocks cannot be Q8_0
-            writer.add_tensor(gguf_name, data.astype(np.float16))
-
 
 # ----------------------------------------------------------------------------- sources
 
 
-def load_for_export(source: str | Path, merge: bool = False) -> tuple[dict[str, torch.Tensor], ModelConfig, Any]:
-    """(state dict, config, tokenizer or None) from any model source (llmlab.model.source).
+def load_export_model(source: str | Path, merge: bool = False, native_gguf: bool = False):
+    """(Transformer, tokenizer or None) from any model source (llmlab.model.source); its layers may be
+    quantized (a `llmlab quantize` directory, or a GGUF loaded with `native_gguf`).
     A LoRA fine-tuning run exports only merged (`merge`): its adapter alone goes to PEFT's format."""
     from llmlab.model.source import load_model, resolve_source
 
     resolved = resolve_source(source)
+    if native_gguf and resolved.kind not in ("builtin", "gguf"):
+        raise LLMLabError(f"--native-gguf keeps a GGUF file's quantized blocks, but {source} is a {resolved.kind} "
+                          "model: leave --native-gguf out")
     if resolved.kind == "hf":
         from llmlab.model.hf import LLAMA_FAMILY, _rope_params, read_hf_config
         cfg = read_hf_config(resolved.path)
         if cfg.get("model_type") in LLAMA_FAMILY and _rope_params(cfg)[1] is not None:
             raise LLMLabError(f"{resolved.path} uses RoPE scaling, which our exports cannot record yet")
-    model, tokenizer, _ = load_model(resolved, merge_adapters=merge)
+    model, tokenizer, _ = load_model(resolved, merge_adapters=merge, native_gguf=native_gguf)
     if any(type(m).__name__ == "LoRALinear" for m in model.modules()):
         raise LLMLabError(f"{source} is a LoRA fine-tune: export the adapter with --to peft, or the whole model "
                           "with --merge (the adapter folded into its base)")
-    return model.state_dict(), model.config, tokenizer
+    return model, tokenizer
+
+
+def _float_state(model) -> dict[str, torch.Tensor]:
+    from llmlab.quant.gguf_export import dequantized_state, has_quantized_layers
+
+    return dequantized_state(model) if has_quantized_layers(model) else model.state_dict()
+
+
+def load_for_export(source: str | Path, merge: bool = False) -> tuple[dict[str, torch.Tensor], ModelConfig, Any]:
+    """(float state dict, config, tokenizer or None) from any model source; quantized layers dequantized."""
+    model, tokenizer = load_export_model(source, merge)
+    return _float_state(model), model.config, tokenizer
+
+
+def _count_weights(model) -> int:
+    """Weights of the float model (a tied head once), without dequantizing anything."""
+    from llmlab.quant.gguf_export import weight_items
+
+    count = 0
+    for item in weight_items(model).values():
+        count += item.numel() if isinstance(item, torch.Tensor) else item.in_features * item.out_features
+    return count
 
 
 def export_model(source: str | Path, to: str, out: str | Path, dtype: str = "f16",
-                 with_tokenizer: bool = True, merge: bool = False) -> dict[str, Any]:
-    """Export `source` to `out` (to: "hf" directory or "gguf" file). Returns a summary dict."""
-    state, config, tokenizer = load_for_export(source, merge)
+                 with_tokenizer: bool = True, merge: bool = False, native_gguf: bool = False) -> dict[str, Any]:
+    """Export `source` to `out` (to: "hf" directory or "gguf" file). Returns a summary dict.
+    A model with int8/int4 layers goes to GGUF through `llmlab.quant.gguf_export.save_quantized_gguf`,
+    which writes group-32 layers' own blocks (Q8_0, Q4_1, Q4_0) without rounding them again."""
+    if to not in ("hf", "gguf"):
+        raise LLMLabError(f"unknown export format {to!r}: choose hf or gguf")
+    if to == "gguf":
+        check_gguf_type(dtype)
+    model, tokenizer = load_export_model(source, merge, native_gguf)
+    config = model.config
     if not with_tokenizer:
         tokenizer = None
-    notes = []
+    notes: list[str] = []
+    n_params = _count_weights(model)
     if to == "hf":
         from llmlab.model.hf import save_hf_dir
-        files = save_hf_dir(state, config, tokenizer, out)
-    elif to == "gguf":
-        files = [save_gguf(state, config, tokenizer, out, dtype=dtype, name=Path(str(source)).name)]
+        files = save_hf_dir(_float_state(model), config, tokenizer, out)
+    else:
+        from llmlab.quant.gguf_export import has_quantized_layers, save_quantized_gguf
+        name = Path(str(source)).name
+        if has_quantized_layers(model):
+            files = [save_quantized_gguf(model, tokenizer, out, qtype=dtype, name=name, notes=notes)]
+        else:
+            files = [save_gguf(model.state_dict(), config, tokenizer, out, dtype=dtype, name=name)]
         if tokenizer is not None and tokenizer.kind == "char":
             notes.append("llama.cpp takes id 2 of a 'llama' vocabulary that names no EOS as the end of text, and "
                          f"here it is the character {tokenizer.decode([2])!r}: generate with --ignore-eos there")
-    else:
-        raise LLMLabError(f"unknown export format {to!r}: choose hf or gguf")
-    n_params = sum(t.numel() for n, t in state.items() if not (n == "lm_head.weight" and config.tie_embeddings))
     return {"source": str(source), "to": to, "out": str(out), "files": [str(f) for f in files],
             "parameters": n_params, "dtype": dtype if to == "gguf" else "float32",
             "bytes": sum(Path(f).stat().st_size for f in files), "notes": notes}

@@ -217,6 +217,9 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        if self.tok_emb.weight.device.type == "meta":
+            return  # built to adopt saved tensors (from_state_dict, quantized loads): nothing to initialise,
+            # and random init on meta tensors would import torch's compiler stack (~2-10 s) for nothing
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch's output projection gets std 0.02/sqrt(2L), so
         # the residual stream's variance does not grow with depth (Radford et al. 2019, sec. 2.3).
@@ -236,10 +239,22 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     @classmethod
+    def skeleton(cls, config: ModelConfig) -> "Transformer":
+        """The modules on the meta device with nothing initialised, for loaders that adopt saved tensors.
+        nn.Linear / nn.Embedding would still run their random init on meta tensors, and the first such
+        call imports torch's compiler stack (2-10 s): switched off while building."""
+        saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+        nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+        try:
+            with torch.device("meta"):
+                return cls(config)
+        finally:
+            nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
+
+    @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> "Transformer":
         """Build on the meta device (no time spent on random init), then adopt the given tensors."""
-        with torch.device("meta"):
-            model = cls(config)
+        model = cls.skeleton(config)
         missing, unexpected = model.load_state_dict(state, assign=True, strict=False)
         missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_embeddings)]
         if missing or unexpected:
@@ -326,7 +341,7 @@ class Transformer(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Unique parameters (a tied head counts once). non_embedding drops token/position tables."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and isinstance(self.tok_emb, nn.Embedding):   # not a quantized table
             n -= self.tok_emb.weight.numel()
             if self.config.position == "learned":
                 n -= self.pos_emb.weight.numel()

@@ -20,7 +20,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from llmlab.core.errors import LLMLabError
@@ -116,8 +115,7 @@ def load_quantized(directory: str | Path):
     if not (directory / WEIGHTS).is_file():
         raise LLMLabError(f"{directory} has no {WEIGHTS}: the save did not finish; quantize the model again")
     model_config = config_from_dict(ModelConfig, config["model"])
-    with torch.device("meta"):
-        model = Transformer(model_config)
+    model = Transformer.skeleton(model_config)
     layers = config["layers"]
     replace_linears(model, list(layers), lambda name, linear: empty_layer(layers[name]))
     if config.get("embedding") == "lm_head":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from llmlab.core.errors import LLMLabError
 from llmlab.quant.int8 import check_group
 from llmlab.quant import kernels
 from llmlab.quant.linear import QuantizedLinear, round_down_fp16, round_up_fp16
@@ -91,7 +92,7 @@ class Int4Linear(QuantizedLinear):
         super().__init__(in_features, out_features, bias)
         check_group(in_features, group_size, "int4")
         if group_size % 2:
-            raise ValueError(f"int4 group size {group_size} must be even (two codes per byte)")
+            raise LLMLabError(f"int4 group size {group_size} must be even (two codes per byte): choose 32, 64 or 128")
         self.group_size = group_size
         groups = in_features // group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
@@ -134,4 +135,4 @@ class Int4Linear(QuantizedLinear):
         return (dot * self.scales.float() + xg.sum(-1) * self.mins.float()).sum(-1)
 
     def fused(self, x: Tensor) -> Tensor:
-        return kernels.int4_matvec(x, self.qweight, self.scales, self.mins)
+        return kernels.int4_matvec(x, self.qweight, self.scales, self.mins, self.int8_activations)

@@ -99,4 +99,4 @@ class Int8Linear(QuantizedLinear):
         return (x.view(1, groups, -1) * w).sum((-1, -2))
 
     def fused(self, x: Tensor) -> Tensor:
-        return kernels.int8_matvec(x, self.qweight, self.scales)
+        return kernels.int8_matvec(x, self.qweight, self.scales, self.int8_activations)

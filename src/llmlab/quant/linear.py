@@ -33,6 +33,7 @@ class QuantizedLinear(nn.Module):
 
     float_constants: tuple[str, ...] = ()   # buffers whose dtype is part of the format
     bits: int = 0                            # bits per stored integer code
+    int8_activations: bool = False           # the fused kernel rounds x to int8 first (kernels.py)
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
@@ -98,14 +99,17 @@ class QuantizedEmbedding(nn.Module):
         super().__init__()
         self.table = table
         self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+        # An empty tensor that follows model.to(dtype): the rows come out in the activations' dtype
+        # (a bfloat16 model's KV cache and norms expect bfloat16 from the embedding).
+        self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
     @property
     def weight(self) -> Tensor:
         """The dequantized table (vocab, dim), for code that inspects embeddings."""
-        return self.table.dequantize()
+        return self.table.dequantize(self.dtype_probe.dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
-        flat = self.table.dequantize_rows(ids.reshape(-1))
+        flat = self.table.dequantize_rows(ids.reshape(-1), self.dtype_probe.dtype)
         return flat.view(*ids.shape, self.embedding_dim)
 
 

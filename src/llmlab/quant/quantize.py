@@ -103,7 +103,13 @@ def quantize_model(model: nn.Module, tokenizer, config: QuantizeConfig, progress
     config.validate()
     t0 = time.perf_counter()
     tied = bool(model.config.tie_embeddings)
-    names = [n for n in select_linears(model, ["all-linear", HEAD]) if not matches_any(n, config.skip)]
+    linears = select_linears(model, ["all-linear", HEAD])
+    skip = [p.strip() for patterns in config.skip for p in patterns.split(",") if p.strip()]   # "a,b" or a b
+    unmatched = [p for p in skip if not any(matches_any(n, [p]) for n in linears)]
+    if unmatched:   # a typo would otherwise quantize the layer it meant to keep
+        raise LLMLabError(f"--skip {' '.join(unmatched)} matches no linear layer; the model has {linears[0]}, ..., "
+                          f"{linears[-1]} (patterns match a name or a dotted suffix of it, globs allowed)")
+    names = [n for n in linears if not matches_any(n, skip)]
     if not names:
         raise LLMLabError("--skip leaves no layer to quantize")
     _check_widths(model, names, config)
@@ -112,7 +118,7 @@ def quantize_model(model: nn.Module, tokenizer, config: QuantizeConfig, progress
         from llmlab.quant.calibration import calibration_ids
         calib = calibration_ids(tokenizer, config.calib, config.calib_tokens,
                                 min(config.calib_seq_len, model.config.block_size), config.seed)
-        block_skip = [*config.skip, HEAD]
+        block_skip = [*skip, HEAD]
         if config.method == "gptq":
             from llmlab.quant.gptq import gptq_quantize
             details = gptq_quantize(model, calib, bits=config.bits, group_size=config.group_size, skip=block_skip,
@@ -133,7 +139,9 @@ def storage_report(model: nn.Module) -> dict:
     seen: set[int] = set()
     total, quantized_weights, float_weights = 0, 0, 0
     for module in model.modules():
-        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        # Non-persistent buffers (the RoPE tables) are recomputed at load, not stored.
+        stored = [b for name, b in module.named_buffers(recurse=False) if name not in module._non_persistent_buffers_set]
+        for tensor in [*module.parameters(recurse=False), *stored]:
             if tensor.data_ptr() in seen or tensor.device.type == "meta":
                 continue
             seen.add(tensor.data_ptr())
