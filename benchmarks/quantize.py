@@ -52,11 +52,11 @@ QUANTIZED = {
     "int4-g64": ["--method", "int4", "--group-size", "64"],
     "int4-g128": ["--method", "int4", "--group-size", "128"],
     "int4-g192": ["--method", "int4", "--group-size", "192"],
-    "gptq-g64": ["--method", "gptq", "--bits", "4", "--group-size", "64"],
-    "gptq-g128": ["--method", "gptq", "--bits", "4", "--group-size", "128"],
-    "gptq-g192": ["--method", "gptq", "--bits", "4", "--group-size", "192"],
-    "awq-g64": ["--method", "awq", "--group-size", "64"],
-    "awq-g128": ["--method", "awq", "--group-size", "128"],
+    "gptq-g64": ["--method", "gptq", "--bits", "4", "--group-size", "64", "--calib-tokens", "16384"],
+    "gptq-g128": ["--method", "gptq", "--bits", "4", "--group-size", "128", "--calib-tokens", "16384"],
+    "gptq-g192": ["--method", "gptq", "--bits", "4", "--group-size", "192", "--calib-tokens", "16384"],
+    "awq-g64": ["--method", "awq", "--group-size", "64", "--calib-tokens", "16384"],
+    "awq-g128": ["--method", "awq", "--group-size", "128", "--calib-tokens", "16384"],
     "nf4": ["--method", "nf4"],
 }
 ROWS = {
@@ -71,6 +71,15 @@ PROMPT = ("In the beginning of the modern theatre, companies of players travelle
 
 
 def rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux carries
+    ru_maxrss across exec, so a child started by a parent that held a model would report the parent's."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -180,7 +189,7 @@ def child_llmlab(args) -> dict:
         result.update(prefill_tok_s=out.timings["prefill_tok_s"], decode_tok_s=out.timings["decode_tok_s"],
                       compile_s=compile_s, first_tokens=out.token_ids[:8])
     result["peak_rss_mib"] = rss_mib()      # before the quality pass, whose full-vocabulary logits are not inference
-    if not compiled and "q8act" not in flags:   # (prefill windows never use the few-row kernels)
+    if not compiled and "q8act" not in flags and not args.speed_only:   # (prefill windows never use the few-row kernels)
         ids = json.loads(Path(args.ids).read_text())
         reference = ReferenceLogprobs.open(args.reference)
         result.update(compare(engine.model, ids, reference.ctx, reference.stride, reference))
@@ -195,7 +204,7 @@ def child_llama_cpp(args) -> dict:
 
     path = args.artifact
     t0 = time.perf_counter()
-    llm = Llama(path, n_ctx=1024, n_threads=args.threads, verbose=False, logits_all=True)
+    llm = Llama(path, n_ctx=1024, n_threads=args.threads, verbose=False)   # as served: logits of the last token only
     result = {"load_s": time.perf_counter() - t0, "bytes": os.path.getsize(path)}
     ids = llm.tokenize(PROMPT.encode(), add_bos=False)[:512]
     t0 = time.perf_counter()
@@ -208,8 +217,12 @@ def child_llama_cpp(args) -> dict:
         llm.eval([token])
     result.update(prefill_tok_s=len(ids) / prefill_s, decode_tok_s=args.new / (time.perf_counter() - t0),
                   first_tokens=tokens[:8], peak_rss_mib=rss_mib())
+    if args.speed_only:
+        return result
     ids = json.loads(Path(args.ids).read_text())
     reference = ReferenceLogprobs.open(args.reference)
+    del llm                                # scoring needs every position's logits: a second instance
+    llm = Llama(path, n_ctx=1024, n_threads=args.threads, verbose=False, logits_all=True)
     klds, agree, nll, position = [], 0, 0.0, 0
     while position < len(ids) - 1:                      # stride == ctx windows, as the reference used
         window = ids[position:position + reference.ctx + 1]
@@ -236,6 +249,7 @@ def run_child(args, row: str, model: str, artifact: str | None, ref: dict, speed
                "--reference", ref["reference"], "--threads", str(args.threads), "--new", str(args.new)]
     command += ["--artifact", artifact] if artifact else []
     command += ["--speed"] if speed else []
+    command += ["--speed-only"] if args.speed_only else []
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -316,6 +330,10 @@ def kernels_table(threads: int) -> None:
             times.append((time.perf_counter() - t0) / n)
         return min(times)
 
+    big = torch.ones(128 * 2**20)                      # 512 MB: far beyond every cache
+    read_s = best(lambda v: v.sum(), big, n=3)
+    print(f"\nmemory read bandwidth ({threads} threads, sum of 512 MB float32): {big.numel() * 4 / read_s / 1e9:.1f} GB/s")
+    del big
     print("\n### one-row matrix-vector product, ms (GB/s of weights read)\n")
     print("| shape | f32 F.linear | bf16 F.linear | aten int8pack | aten int4pack | inductor int8 | inductor int4 g64 | llmlab int8 | llmlab int4 g64 |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -365,6 +383,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/llmlab-bench-quantize"))
     ap.add_argument("--kernels", action="store_true", help="only the per-layer kernel table")
+    ap.add_argument("--speed-only", action="store_true", help="skip the quality pass (size, load, RSS and speed only)")
     ap.add_argument("--json-out", type=Path, help="also write all results here")
     ap.add_argument("--plot", type=Path, help="where the quality-vs-bits PNG goes (default: WORKDIR/quality_vs_bits.png)")
     # child-process options
