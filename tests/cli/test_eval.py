@@ -187,12 +187,3 @@ def test_smollm2_against_itself_has_zero_kld(tmp_path, capsys):
     report = json.loads(out)
     assert report["tokens"] == 300 and 1.5 < report["perplexity"] < 100
     assert report["mean_kld"] == pytest.approx(0, abs=1e-6) and report["top1_agreement"] == 1.0
-
-
-def test_native_gguf_without_its_module_errors_clearly(tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("llmlab.quant.gguf_native") is not None:
-        pytest.skip("llmlab.quant.gguf_native exists: --native-gguf is exercised by its own tests")
-    rc, out, err = eval_ppl(capsys, "--model", "smollm2", "--native-gguf", "--data", "pydocs")
-    assert rc == 2 and "--native-gguf needs llmlab.quant.gguf_native" in err and "Traceback" not in err

@@ -12,7 +12,6 @@ how often both models agree on the most likely next token (llmlab.eval.reference
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -85,9 +84,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         if source.kind not in ("builtin", "gguf"):
             raise LLMLabError(f"--native-gguf runs a GGUF's quantized blocks, but --model {args.model} is a "
                               f"{source.kind} model; leave --native-gguf out")
-        if importlib.util.find_spec("llmlab.quant.gguf_native") is None:
-            raise LLMLabError("--native-gguf needs llmlab.quant.gguf_native, which this llmlab does not have yet; "
-                              "leave --native-gguf out to evaluate the dequantized model")
     if args.reference:
         resolve_source(args.reference)
 

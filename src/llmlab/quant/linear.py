@@ -28,6 +28,18 @@ from torch import Tensor, nn
 from llmlab.quant import kernels
 
 
+def keep_float_constants(module: nn.Module, fn, names: tuple[str, ...], apply) -> nn.Module:
+    """module._apply(fn) that moves the named float buffers' device but keeps their dtype: a
+    model.to(torch.bfloat16) must not round a format's scales (or NF4's absmax constants) to bf16,
+    on top of the quantization's own error. `apply` runs nn.Module's own _apply on the rest."""
+    constants = {name: module._buffers.pop(name) for name in names if name in module._buffers}
+    apply()
+    for name, buf in constants.items():
+        moved = fn(buf)
+        module._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
+    return module
+
+
 class QuantizedLinear(nn.Module):
     """Base class: in_features, out_features, an optional float bias, and the forward dispatch."""
 
@@ -76,12 +88,7 @@ class QuantizedLinear(nn.Module):
         return 8 * self.storage_bytes() / (self.in_features * self.out_features)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        constants = {name: self._buffers.pop(name) for name in self.float_constants if name in self._buffers}
-        super()._apply(fn, recurse)
-        for name, buf in constants.items():
-            moved = fn(buf)
-            self._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
-        return self
+        return keep_float_constants(self, fn, self.float_constants, lambda: super(QuantizedLinear, self)._apply(fn, recurse))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -284,14 +284,9 @@ class NF4Linear(nn.Module):
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # model.to(torch.bfloat16) should cast the bias but not the absmax constants: rounding them to
-        # bf16 would add error on top of NF4's. Device moves (and in-place fns) still apply to them.
-        constants = {name: self._buffers.pop(name) for name in _FLOAT_CONSTANTS if name in self._buffers}
-        super()._apply(fn, recurse)
-        for name, buf in constants.items():
-            moved = fn(buf)
-            self._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
-        return self
+        # model.to(torch.bfloat16) casts the bias but not the absmax constants (llmlab.quant.linear)
+        from llmlab.quant.linear import keep_float_constants
+        return keep_float_constants(self, fn, _FLOAT_CONSTANTS, lambda: super(NF4Linear, self)._apply(fn, recurse))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
