@@ -69,7 +69,7 @@ def calibration_text(source: str = "builtin:pydocs", seed: int = 0) -> str:
     return text[start:] + "\n\n" + text[:start]
 
 
-def calibration_ids(tokenizer, source: str = "builtin:pydocs", tokens: int = 65536, seq_len: int = 512,
+def calibration_ids(tokenizer, source: str = "builtin:pydocs", tokens: int = 16384, seq_len: int = 512,
                     seed: int = 0) -> Tensor:
     """(n_seq, seq_len) int64 token ids of the source's text, n_seq = tokens // seq_len.
 
