@@ -332,3 +332,22 @@ def test_smollm2_native_re_export_is_byte_identical(tmp_path):
     assert original.keys() == ours.keys()
     for name, t in original.items():
         assert t.tensor_type == ours[name].tensor_type and np.array_equal(t.data, ours[name].data), name
+
+
+def test_tied_head_of_a_quantized_model_is_written_once(tmp_path, bpe):
+    """`llmlab quantize` unties the config when it quantizes a tied head, but the embedding still reads
+    the head's storage (QuantizedEmbedding): the file must hold token_embd once and no output.weight,
+    so llama.cpp and our loader tie them again."""
+    from llmlab.quant.quantize import QuantizeConfig
+    from llmlab.quant.quantize import quantize_model as quantize_whole_model
+
+    model = tiny_model(bpe)
+    quantize_whole_model(model, bpe, QuantizeConfig(method="int4", group_size=32), progress=False)
+    assert not model.config.tie_embeddings and model.tok_emb.table is model.lm_head
+    path = save_quantized_gguf(model, bpe, tmp_path / "m.gguf", qtype="q4_1")
+    names = set(tensors(path))
+    assert "token_embd.weight" in names and "output.weight" not in names
+    back, _ = load_native_gguf(path)
+    assert back.config.tie_embeddings or back.tok_emb.table is back.lm_head
+    ids = bpe.encode("To be, or not to be, that is the question")
+    torch.testing.assert_close(logits(back, ids), logits(model, ids), rtol=1e-4, atol=1e-4)

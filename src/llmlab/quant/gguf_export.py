@@ -174,6 +174,10 @@ def weight_items(model: nn.Module) -> dict[str, Tensor | nn.Module]:
         head = items.pop("lm_head.weight", None)
         if head is not None and is_quantized_module(head):
             items["tok_emb.weight"] = head
+    elif items.get("lm_head.weight") is not None and items.get("lm_head.weight") is items.get("tok_emb.weight"):
+        # A quantized model whose embedding reads the head's storage (QuantizedEmbedding): one
+        # tensor, written as a tied file (no output.weight: llama.cpp then reuses token_embd).
+        del items["lm_head.weight"]
     return items
 
 
