@@ -45,11 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from llmlab.model.surgery import replace_linears
-from llmlab.quant.calibration import (InputStats, Progress, block_inputs, block_linears, check_calibration,
-                                      run_block, target_linears)
+from llmlab.quant.calibration import (InputStats, Progress, block_inputs, block_linears, run_block,
+                                      target_linears)
 from llmlab.quant.gptq import output_error, rtn_dequantized
 from llmlab.quant.int4 import Int4Linear, group_params, quantize_to_grid
-from llmlab.quant.int8 import check_group
 
 CLIP_RATIOS = tuple(1 - i / 20 for i in range(10))   # 1.0, 0.95, ..., 0.55 (AutoAWQ: max_shrink 0.5, 20 steps)
 NO_CLIP = ("attn.wq", "attn.wk")
@@ -205,10 +204,7 @@ def awq_quantize(model: nn.Module, calib_ids: Tensor, group_size: int = 64, skip
     Returns a report: per layer, the relative squared output error ||XW^T - XW'^T||^2 / ||XW^T||^2
     on its calibration inputs, RTN's, and the mean clipping ratio chosen; per block and scale group,
     the alpha chosen and the group's error after scaling as a fraction of RTN's (before clipping)."""
-    check_calibration(model, calib_ids)
-    targets = target_linears(model, skip)
-    for name in targets:
-        check_group(model.get_submodule(name).in_features, group_size, f"{name}: int4")
+    targets = target_linears(model, skip, calib_ids, group_size)
     was_training = model.training
     model.eval()
     bar = Progress("awq", len(model.blocks), progress)

@@ -233,16 +233,25 @@ def block_linears(model: nn.Module, index: int, names: list[str]) -> dict[str, n
     return {name[len(prefix):]: model.get_submodule(name) for name in names if name.startswith(prefix)}
 
 
-def target_linears(model: nn.Module, skip) -> list[str]:
+def target_linears(model: nn.Module, skip, calib_ids: Tensor | None = None, group_size: int | None = None,
+                   bits: int = 4) -> list[str]:
     """Names of the model's nn.Linear layers a quantizer should replace: all but those `skip`'s
-    patterns (llmlab.model.surgery patterns) select."""
+    patterns (llmlab.model.surgery patterns) select. With calib_ids / group_size, also check that
+    the calibration fits the model and that the group size divides every target's input width."""
     from llmlab.model.surgery import select_linears
+    from llmlab.quant.int8 import check_group
+
+    if calib_ids is not None:
+        check_calibration(model, calib_ids)
 
     if not hasattr(model, "blocks") or not hasattr(model, "config"):
         raise LLMLabError(f"GPTQ and AWQ need an llmlab Transformer; got {type(model).__name__}")
     skip = [skip] if isinstance(skip, str) else list(skip or ())
     skipped = set(select_linears(model, skip)) if skip else set()
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in skipped]
+    targets = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in skipped]
+    for name in targets if group_size else ():
+        check_group(model.get_submodule(name).in_features, group_size, f"{name}: int{bits}")
+    return targets
 
 
 class Progress:

@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from llmlab.core.errors import LLMLabError
 from llmlab.model.surgery import replace_linears
-from llmlab.quant.calibration import (InputStats, Progress, block_inputs, block_linears, check_calibration,
-                                      run_block, target_linears)
+from llmlab.quant.calibration import (InputStats, Progress, block_inputs, block_linears, run_block,
+                                      target_linears)
 from llmlab.quant.int4 import Int4Linear, group_params, quantize_to_grid
 from llmlab.quant.int8 import Int8Linear, check_group
 from llmlab.quant.linear import round_up_fp16
@@ -178,10 +178,7 @@ def gptq_quantize(model: nn.Module, calib_ids: Tensor, bits: int = 4, group_size
     inputs. Load average matters: one block costs two passes over the calibration tokens."""
     if bits not in (4, 8):
         raise LLMLabError(f"GPTQ supports bits 4 (int4) or 8 (int8), not {bits}")
-    check_calibration(model, calib_ids)
-    targets = target_linears(model, skip)
-    for name in targets:
-        check_group(model.get_submodule(name).in_features, group_size, f"{name}: int{bits}")
+    targets = target_linears(model, skip, calib_ids, group_size, bits)
     was_training = model.training
     model.eval()
     n_blocks = len(model.blocks)
