@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ $(STAMP): pyproject.toml requirements-assets.txt
 
 install: $(STAMP)
 
+# The chat page's end-to-end test drives Debian's Chromium through its own chromedriver (no browser
+# download); installed once, as root or through sudo.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
 # The main job: train the default preset on the built-in corpus (a second `make demo` resumes the
 # finished run, which returns at once), then print where the curve is and sample from the model.
 demo: $(STAMP)
@@ -26,7 +34,7 @@ demo: $(STAMP)
 	@echo "loss curve: runs/demo/loss.png    metrics: runs/demo/metrics.jsonl"
 	$(VENV)/bin/llmlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 200
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 clean:

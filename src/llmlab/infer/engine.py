@@ -14,70 +14,18 @@ Speculative decoding (llmlab.infer.speculative) for single prompts, same text, f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from llmlab.core.device import pick_device, pick_dtype
 from llmlab.core.errors import LLMLabError
-from llmlab.infer.generate import StreamState, Timings, decode_steps
+from llmlab.infer.generate import Completion, Reply, StreamState, Timings, decode_steps
 from llmlab.infer.sampling import SamplingConfig
 from llmlab.infer.speculative import SpeculativeConfig, SpeculativeStats, check_vocab, load_draft_model, speculative_steps
 from llmlab.model.source import ModelSource, load_model
 from llmlab.model.transformer import Transformer
 from llmlab.tokenizer import Tokenizer
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]
-    finish_reason: str                      # "stop" (EOS or a stop string) or "length"
-    prompt_tokens: int
-    logprobs: list[float] | None = None
-    timings: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        out = {"text": self.text, "token_ids": self.token_ids, "finish_reason": self.finish_reason,
-               "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.token_ids),
-                         "total_tokens": self.prompt_tokens + len(self.token_ids)},
-               "timings": self.timings}
-        if self.logprobs is not None:
-            out["logprobs"] = self.logprobs
-        return out
-
-
-@dataclass
-class Reply:
-    """One sequence's reply as its tokens arrive: stop tokens, stop strings, text deltas."""
-
-    stop_ids: set[int]
-    state: StreamState
-    max_tokens: int
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish: str = ""                       # "" while running, then "stop" or "length"
-
-    def add(self, token: int, logprob: float, token_bytes: bytes) -> str:
-        """Take the next token; return the text it makes safe to show."""
-        if token in self.stop_ids:
-            self.finish = "stop"
-            return self.state.finish()     # nothing can become a stop string any more
-        self.ids.append(token)
-        self.logprobs.append(logprob)
-        delta, hit = self.state.feed(token_bytes)
-        if hit:
-            self.finish = "stop"           # the text up to the stop string is already out
-            return delta
-        if len(self.ids) >= self.max_tokens:
-            self.finish = "length"
-            return delta + self.state.finish()
-        return delta
-
-    def completion(self, prompt_tokens: int, with_logprobs: bool, timings: dict) -> Completion:
-        return Completion(self.state.text, self.ids, self.finish or "length", prompt_tokens,
-                          self.logprobs if with_logprobs else None, timings)
 
 
 class Engine:
@@ -237,16 +185,20 @@ class Engine:
 
     def generate_batch(self, prompts: list[str | list[int] | list[dict]], config: SamplingConfig | list[SamplingConfig],
                        raw: bool | None = None) -> list[Completion]:
-        """Several prompts of different lengths in one padded batch (greedy output equals unbatched),
-        each with its own SamplingConfig if a list is given: stop strings, logprobs, max tokens."""
+        """Several prompts at once through the continuous-batching scheduler (llmlab.infer.continuous):
+        greedy output equals unbatched, each prompt with its own SamplingConfig if a list is given."""
+        from llmlab.infer.continuous import ContinuousEngine
+        from llmlab.infer.scheduler import SchedulerConfig
+
         configs = config if isinstance(config, list) else [config] * len(prompts)
+        if len(configs) != len(prompts):
+            raise LLMLabError(f"{len(configs)} sampling configs for {len(prompts)} prompts: give one per prompt")
         encoded = [self.encode_prompt(p, raw) for p in prompts]
-        replies = [Reply(self._stop_ids(c), StreamState(list(c.stop)), c.max_new_tokens) for c in configs]
-        timings = self._timings(len(encoded), max(map(len, encoded)) + max(c.max_new_tokens for c in configs))
-        for step in decode_steps(self.model, encoded, configs, "error", timings, decode_fn=self.decode_fn):
-            for b, (token, logprob) in enumerate(zip(step.ids.tolist(), step.logprobs.tolist())):
-                if not replies[b].finish:
-                    replies[b].add(token, logprob, self._token_bytes(token))
-            if all(r.finish for r in replies):
-                break
-        return [r.completion(len(encoded[b]), configs[b].logprobs, timings.as_dict()) for b, r in enumerate(replies)]
+        # A pool that fits every sequence whole (no preemption), and a step budget that prefills all
+        # prompts in one pass, as a padded batch would.
+        block = 16
+        blocks = sum(-(-(len(p) + c.max_new_tokens) // block) for p, c in zip(encoded, configs))
+        batcher = ContinuousEngine(self.model, self.tokenizer, SchedulerConfig(
+            max_batch=len(prompts), max_step_tokens=max(256, sum(map(len, encoded))), block_size=block,
+            num_blocks=blocks, max_queue=len(prompts)), name=self.name)
+        return batcher.run(encoded, configs)

@@ -201,3 +201,54 @@ class StreamState:
     def _take(self, upto: int) -> str:
         out, self.emitted = self.text[self.emitted:upto], max(self.emitted, upto)
         return out
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str                      # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    logprobs: list[float] | None = None
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {"text": self.text, "token_ids": self.token_ids, "finish_reason": self.finish_reason,
+               "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.token_ids),
+                         "total_tokens": self.prompt_tokens + len(self.token_ids)},
+               "timings": self.timings}
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
+        return out
+
+
+@dataclass
+class Reply:
+    """One sequence's reply as its tokens arrive: stop tokens, stop strings, text deltas."""
+
+    stop_ids: set[int]
+    state: StreamState
+    max_tokens: int
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str = ""                       # "" while running, then "stop" or "length"
+
+    def add(self, token: int, logprob: float, token_bytes: bytes) -> str:
+        """Take the next token; return the text it makes safe to show."""
+        if token in self.stop_ids:
+            self.finish = "stop"
+            return self.state.finish()     # nothing can become a stop string any more
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        delta, hit = self.state.feed(token_bytes)
+        if hit:
+            self.finish = "stop"           # the text up to the stop string is already out
+            return delta
+        if len(self.ids) >= self.max_tokens:
+            self.finish = "length"
+            return delta + self.state.finish()
+        return delta
+
+    def completion(self, prompt_tokens: int, with_logprobs: bool, timings: dict) -> Completion:
+        return Completion(self.state.text, self.ids, self.finish or "length", prompt_tokens,
+                          self.logprobs if with_logprobs else None, timings)

@@ -20,11 +20,13 @@ class SamplingConfig:
     min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p x the top token's probability (0: off)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "divide logits of already-seen tokens by this (CTRL; 1: off)"})
     frequency_penalty: float = field(default=0.0, metadata={"help": "subtract this x the count of each seen token (OpenAI; 0: off)"})
+    presence_penalty: float = field(default=0.0, metadata={"help": "subtract this once from every seen token (OpenAI; 0: off)"})
     stop: list[str] = field(default_factory=list, metadata={"help": "stop when the text ends with one of these strings"})
     stop_token_ids: list[int] = field(default_factory=list, metadata={"help": "extra token ids that end generation"})
     ignore_eos: bool = field(default=False, metadata={"help": "keep generating past the end-of-sequence token"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     logprobs: bool = field(default=False, metadata={"help": "return the log-probability of each chosen token"})
+    top_logprobs: int = field(default=0, metadata={"help": "with logprobs: also the k most likely tokens at each step (0-20)"})
 
     def __post_init__(self) -> None:
         from llmlab.core.config import check, check_fields
@@ -36,6 +38,7 @@ class SamplingConfig:
         check(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]; 1 is off")
         check(self, "min_p", 0 <= self.min_p < 1, "must be in [0, 1); 0 is off")
         check(self, "repetition_penalty", self.repetition_penalty > 0, "must be positive; 1 is off")
+        check(self, "top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class RowSampling:
     min_p: torch.Tensor
     repetition_penalty: torch.Tensor
     frequency_penalty: torch.Tensor
+    presence_penalty: torch.Tensor
     generators: list[torch.Generator | None]
     uses: frozenset[str] = frozenset()
 
@@ -67,10 +71,12 @@ class RowSampling:
             ("top_k", any(c.top_k > 0 and c.temperature > 0 for c in configs)),
             ("top_p", any(c.top_p < 1.0 and c.temperature > 0 for c in configs)),
             ("min_p", any(c.min_p > 0.0 and c.temperature > 0 for c in configs)),
-            ("penalty", any(c.repetition_penalty != 1.0 or c.frequency_penalty != 0.0 for c in configs))) if on}
+            ("penalty", any(c.repetition_penalty != 1.0 or c.frequency_penalty != 0.0 or c.presence_penalty != 0.0
+                            for c in configs))) if on}
         return cls(column("temperature", torch.float32), column("top_k", torch.long), column("top_p", torch.float32),
                    column("min_p", torch.float32), column("repetition_penalty", torch.float32),
-                   column("frequency_penalty", torch.float32), list(generators), frozenset(uses))
+                   column("frequency_penalty", torch.float32), column("presence_penalty", torch.float32),
+                   list(generators), frozenset(uses))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | torch.Tensor = 0, top_p: float | torch.Tensor = 1.0,
@@ -104,7 +110,8 @@ def apply_penalties(logits: torch.Tensor, history: torch.Tensor, config: Samplin
     # CTRL's penalty (Keskar et al. 2019): shrink a seen token's logit towards "less likely".
     penalised = torch.where(logits > 0, logits / rep, logits * rep)
     logits = torch.where(seen, penalised, logits)
-    return logits - config.frequency_penalty[:, None].to(logits.device) * counts
+    logits = logits - config.frequency_penalty[:, None].to(logits.device) * counts
+    return logits - config.presence_penalty[:, None].to(logits.device) * seen
 
 
 def sample_next(logits: torch.Tensor, config: SamplingConfig | RowSampling, history: torch.Tensor | None = None,
@@ -112,6 +119,15 @@ def sample_next(logits: torch.Tensor, config: SamplingConfig | RowSampling, hist
     """(B, V) logits -> (next ids (B,), their log-probabilities under the final distribution (B,)).
 
     config: one SamplingConfig for every row (with `generator`), or per-row `RowSampling`."""
+    next_ids, logprobs = sample_distribution(logits, config, history, generator)
+    return next_ids, logprobs.gather(-1, next_ids[:, None]).squeeze(1)
+
+
+def sample_distribution(logits: torch.Tensor, config: SamplingConfig | RowSampling,
+                        history: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """As sample_next, but with the whole final distribution: (next ids (B,), log-probabilities (B, V)),
+    after penalties, temperature and filters (OpenAI's top_logprobs are read from it)."""
     if isinstance(config, SamplingConfig):
         config = RowSampling.for_rows([config] * logits.size(0), logits.device, [generator] * logits.size(0))
     logits = logits.float()
@@ -130,4 +146,4 @@ def sample_next(logits: torch.Tensor, config: SamplingConfig | RowSampling, hist
         for b in sampled.nonzero().flatten().tolist():
             next_ids[b] = int(torch.multinomial(probs[b], 1, generator=config.generators[b]))
         logprobs = torch.where(sampled[:, None], sampled_logprobs, logprobs)
-    return next_ids, logprobs.gather(-1, next_ids[:, None]).squeeze(1)
+    return next_ids, logprobs

@@ -77,7 +77,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCacheLike(Protocol):
-    """What attention needs from a KV cache (llmlab.infer implements it)."""
+    """What attention needs from a KV cache (llmlab.infer implements it). A cache may instead
+    define attend(layer, q, k, v) -> (B, H, T, D) and do attention itself (the paged cache)."""
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +114,11 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         if self.use_rope:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if hasattr(kv_cache, "attend"):
+            # A paged cache (llmlab.infer.paged_cache) packs many sequences into one row and runs
+            # attention per sequence itself; everything else in the model is shared by the pack.
+            y = kv_cache.attend(self.layer, q, k, v)                                 # (B, H, T, D)
+            return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)), None
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v, positions)                  # (B, K, S, D)
         # Grouped-query attention: each group of H/K query heads shares one key/value head.

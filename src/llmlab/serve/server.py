@@ -1,0 +1,134 @@
+"""`run_server`: uvicorn around the app, with llmlab's graceful shutdown.
+
+uvicorn on SIGTERM stops reading new connections and then waits, unboundedly, for the open ones;
+and afterwards it re-raises the signal, so the process ends "killed by SIGTERM" rather than with
+status 0. A serving process wants instead (what a container orchestrator's stop expects):
+
+    1. stop accepting work: new requests get 503 (a load balancer retries them elsewhere)
+    2. let the running requests finish, for up to shutdown_grace_s
+    3. cancel what is left: each open stream gets an error event and `data: [DONE]`
+    4. close the connections and exit 0
+
+A second signal skips the waiting (force exit), as uvicorn's own Ctrl-C twice does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+import time
+from typing import Any
+
+import uvicorn
+
+from llmlab.core.errors import LLMLabError
+from llmlab.serve.app import create_app
+from llmlab.serve.config import ServeConfig
+from llmlab.serve.metrics import Metrics
+from llmlab.serve.worker import EngineWorker
+
+log = logging.getLogger("llmlab.serve")
+
+
+class Server(uvicorn.Server):
+    """uvicorn.Server whose shutdown drains the engine first (steps 1-3 above).
+    `begin_shutdown()` starts the same sequence from any thread (tests run the server in one)."""
+
+    def __init__(self, app: Any, worker: EngineWorker, config: ServeConfig, log_level: str = "info",
+                 access_log: bool = True):
+        super().__init__(uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="off",
+                                        # after our drain, the streams are over: this only bounds a stuck one
+                                        timeout_graceful_shutdown=5))
+        self.app, self.worker, self.serve_config = app, worker, config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Runs as the signal handler on the main thread (uvicorn installs it). Not appending to
+        # self._captured_signals is what keeps uvicorn from re-raising the signal at the end.
+        if self._draining:
+            log.warning("second signal: exiting without waiting for running requests")
+            self.force_exit = self.should_exit = True
+            return
+        self.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        if self._draining or self._loop is None:
+            self.should_exit = True
+            return
+        self._draining = True
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        self.app.state.accepting = False
+        grace = self.serve_config.shutdown_grace_s
+        running = self.worker.active_count
+        if running:
+            log.info("shutting down: %d request(s) running, waiting up to %g s for them", running, grace)
+        deadline = time.monotonic() + grace
+        while self.worker.active_count and time.monotonic() < deadline and not self.force_exit:
+            await asyncio.sleep(0.05)
+        if self.worker.active_count:
+            log.warning("shutting down: cancelling %d request(s) still running", self.worker.active_count)
+        await asyncio.to_thread(self.worker.stop, True)
+        self.should_exit = True
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: any free one; read it back with getsockname())."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise LLMLabError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port, or stop what "
+                          "holds it") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build(engine: Any, config: ServeConfig, embedder_factory: Any = None) -> tuple[Any, EngineWorker]:
+    """(app, started worker) for an engine: what run_server serves, and what tests drive."""
+    metrics = Metrics()
+    worker = EngineWorker(engine, metrics, config.request_timeout_s).start()
+    try:
+        app = create_app(worker, config, metrics, embedder_factory)
+    except BaseException:
+        worker.stop(cancel_running=True)
+        raise
+    return app, worker
+
+
+def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int:
+    """Serve `engine` (a ContinuousEngine, or a no-argument function returning one, called after
+    the port is bound so a taken port fails fast) until SIGTERM/SIGINT; returns 0 after a graceful
+    shutdown."""
+    sock = bind_socket(config.host, config.port)
+    try:
+        if callable(engine) and not hasattr(engine, "step"):
+            engine = engine()
+        app, worker = build(engine, config)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    name = config.model_name or getattr(engine, "name", "") or "llmlab"
+    print(f"llmlab serve: {name} on http://{shown}:{port}  (OpenAI API under /v1, chat page at /; "
+          "Ctrl-C or SIGTERM stops it gracefully)", file=sys.stderr, flush=True)
+    server = Server(app, worker, config, log_level)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        worker.stop(cancel_running=True)
+        sock.close()
+    return 0
