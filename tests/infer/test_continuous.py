@@ -225,3 +225,39 @@ def test_scheduler_chunks_a_long_prompt_while_others_decode():
             s.advance(c)
         short.output.append(3)
     assert lengths[:4] == [7, 7, 7, 7] and sum(lengths) == 30
+
+
+def test_adapters_per_sequence_in_one_batch_equal_merged_models(engine):
+    """Two adapters and the base in one continuous batch: each sequence decodes what the model
+    with its adapter merged decodes alone."""
+    import copy
+
+    torch.manual_seed(1)
+    model = engine.model
+    targets = ["blocks.0.attn.wq", "blocks.0.attn.wv", "blocks.1.mlp.w_down"]
+    adapters = {}
+    for name in ("sql", "facts"):
+        adapters[name] = {}
+        for t in targets:
+            layer = model.get_submodule(t)
+            adapters[name][t] = (torch.randn(4, layer.in_features) * 0.3, torch.randn(layer.out_features, 4) * 0.3, 2.0)
+    merged = {}
+    for name, factors in adapters.items():
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for t, (A, B, s) in factors.items():
+                m.get_submodule(t).weight += s * B @ A
+        merged[name] = Engine(m, engine.tokenizer, torch.device("cpu"), name)
+    prompts = encoded(engine)[:3]
+    expected = [merged["sql"].generate(prompts[0], GREEDY).token_ids, engine.generate(prompts[1], GREEDY).token_ids,
+                merged["facts"].generate(prompts[2], GREEDY).token_ids]
+    ce = ContinuousEngine(copy.deepcopy(model), engine.tokenizer, SchedulerConfig(block_size=4), adapters)
+    assert ce.adapter_names == ["sql", "facts"]
+    out = ce.run(prompts, [GREEDY] * 3, adapters=["sql", None, "facts"])
+    assert [c.token_ids for c in out] == expected
+    assert expected[0] != engine.generate(prompts[0], GREEDY).token_ids, "the adapter should change the output"
+    # The same prompt under two adapters must not share prefix-cache blocks.
+    ce2 = ContinuousEngine(copy.deepcopy(model), engine.tokenizer, SchedulerConfig(block_size=4, max_batch=1), adapters)
+    first = ce2.run([prompts[2]], [GREEDY], adapters=["facts"])[0].token_ids
+    again = ce2.run([prompts[2]], [GREEDY], adapters=[None])[0].token_ids
+    assert first == expected[2] and again == engine.generate(prompts[2], GREEDY).token_ids

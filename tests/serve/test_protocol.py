@@ -32,6 +32,7 @@ def test_chat_defaults_follow_openai():
     assert req.kind == "chat" and req.model == "m" and req.n == 1 and not req.stream
     assert req.max_tokens is None                        # chat: fill the context
     assert req.sampling.temperature == 1.0 and req.sampling.top_p == 1.0 and req.sampling.stop == []
+    assert 0 < P.parse_chat({**CHAT, "top_p": 0}).sampling.top_p < 1e-3     # OpenAI's "top token only"
     assert req.prompts == [[{"role": "user", "content": "hi"}]]
 
 
@@ -51,9 +52,10 @@ def test_chat_fields_reach_the_sampling_config():
 
 
 def test_message_content_parts_and_developer_role():
-    body = {**CHAT, "messages": [{"role": "developer", "content": "be brief"},
-                                 {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
-    assert P.parse_chat(body).prompts[0] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "ab"}]
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    body = {**CHAT, "messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": parts}]}
+    assert P.parse_chat(body).prompts[0] == [{"role": "system", "content": "be brief"},
+                                             {"role": "user", "content": "ab"}]
 
 
 @pytest.mark.parametrize("change, param", [
@@ -65,7 +67,8 @@ def test_message_content_parts_and_developer_role():
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
     ({"temperature": "hot"}, "temperature"),
     ({"temperature": 2.5}, "temperature"),
-    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"seed": 2 ** 64}, "seed"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 1.5}, "max_tokens"),
     ({"max_tokens": True}, "max_tokens"),
@@ -181,3 +184,24 @@ def test_embeddings_request_and_base64_response():
 def test_api_error_shape():
     e = APIError(429, "busy", "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
     assert e.body() == {"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": "queue_full"}}
+
+
+def test_serve_config_and_flags_refuse_bad_values(tmp_path):
+    from llmlab.cli.serve import parse_adapters
+    from llmlab.core.errors import LLMLabError
+    from llmlab.serve.config import ServeConfig, read_api_keys
+
+    with pytest.raises(LLMLabError, match="--port"):
+        ServeConfig(port=70000)
+    with pytest.raises(LLMLabError, match="--api-key-file"):
+        read_api_keys(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("# no keys yet\n\n")
+    with pytest.raises(LLMLabError, match="holds no key"):
+        read_api_keys(tmp_path / "empty.txt")
+    (tmp_path / "a").mkdir()
+    assert parse_adapters([f"math={tmp_path / 'a'}"]) == {"math": tmp_path / "a"}
+    for value in ("math", "=x", f"a:b={tmp_path / 'a'}", f"math={tmp_path / 'nope'}"):
+        with pytest.raises(LLMLabError, match="--adapter"):
+            parse_adapters([value])
+    with pytest.raises(LLMLabError, match="twice"):
+        parse_adapters([f"m={tmp_path / 'a'}", f"m={tmp_path / 'a'}"])

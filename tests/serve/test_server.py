@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -62,7 +61,8 @@ def shout_adapter(model: Transformer) -> dict:
     """A random rank-4 LoRA on the first attention query projection: changes the output."""
     name, layer = next((n, m) for n, m in model.named_modules() if hasattr(m, "in_features"))
     g = torch.Generator().manual_seed(1)
-    return {name: (torch.randn(4, layer.in_features, generator=g), torch.randn(layer.out_features, 4, generator=g), 2.0)}
+    a, b = torch.randn(4, layer.in_features, generator=g), torch.randn(layer.out_features, 4, generator=g)
+    return {name: (a, b, 2.0)}
 
 
 class PacedEngine(ContinuousEngine):
@@ -238,6 +238,12 @@ def test_errors_come_in_openai_shape_with_the_right_status(live):
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = httpx.get(f"{live.url}/v1/nothing-here", headers=auth)
     assert r.status_code == 404 and "error" in r.json()
+    from llmlab.serve.app import CHAT_PAGE
+    page = httpx.get(f"{live.url}/")          # no key needed: the page asks for one
+    if CHAT_PAGE.is_file():
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    else:
+        assert page.status_code == 404 and page.json()["error"]["type"] == "not_found_error"
 
     live.app.state.accepting = False       # what SIGTERM does first: new work is refused
     try:
@@ -267,6 +273,16 @@ def test_client_abort_mid_stream_frees_the_sequence(live):
     assert again.usage.completion_tokens == 3
 
 
+def test_client_gone_before_a_whole_response_frees_the_sequence(live):
+    generated = live.worker.stats["generated_tokens"]
+    body = {"model": "tiny", "prompt": "wait for it", "max_tokens": LONG}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{live.url}/v1/completions", json=body, timeout=0.1,
+                   headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert wait_until(lambda: live.worker.active_count == 0 and live.worker.stats["kv_blocks_used"] == 0)
+    assert live.worker.stats["generated_tokens"] - generated < LONG
+
+
 def test_64_concurrent_streams_all_complete(live):
     async def one(client, i):
         stream = await client.chat.completions.create(
@@ -287,11 +303,16 @@ def test_64_concurrent_streams_all_complete(live):
     assert [finish for _, finish in results] == ["length"] * 64 and all(len(t) == 8 for t, _ in results)
     metrics = httpx.get(f"{live.url}/metrics").text
     assert 'llmlab_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics
-    assert "llmlab_time_to_first_token_seconds_count" in metrics and f"llmlab_kv_blocks_total {live.worker.stats['kv_blocks_total']}.0" in metrics
+    assert "llmlab_time_to_first_token_seconds_count" in metrics
+    assert f"llmlab_kv_blocks_total {live.worker.stats['kv_blocks_total']}.0" in metrics
 
 
 def test_queue_overflow_is_429_with_retry_after():
-    with serving(tiny_engine(max_batch=1, max_queue=2), ServeConfig()) as s:
+    origin = "http://page.example"
+    with serving(tiny_engine(max_batch=1, max_queue=2), ServeConfig(cors_origins=[origin])) as s:
+        asks = {"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        preflight = httpx.options(f"{s.url}/v1/chat/completions", headers=asks)
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == origin
         client = s.client()
         streams = [client.completions.create(model="tiny", prompt=f"p{i}", max_tokens=LONG, stream=True)
                    for i in range(3)]      # one running, two waiting: the queue is full

@@ -34,6 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("llmlab.cli.eval", "evaluate a model: perplexity, bits per byte, KL divergence vs a reference"),
     "export": ("llmlab.cli.export", "export a model to a Hugging Face directory, GGUF (F16/Q8_0/Q4_0/Q4_1) or PEFT"),
     "tokenizer": ("llmlab.cli.tokenizer", "train, inspect, convert tokenizers and encode text"),
+    "serve": ("llmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API, with continuous batching and a chat page"),
     "rag": ("llmlab.cli.rag", "index documents, search, answer with citations, evaluate retrieval"),
     "data": ("llmlab.cli.data", "curate raw text into clean, deduplicated, tokenized shards"),
 }

@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if args.no_prefix_cache:
         scheduler = dataclasses.replace(scheduler, prefix_cache=False)
     serve = apply_flags(ServeConfig(), args)
+    if serve.model_name is None:   # the name clients send as "model": smollm2, or the file/directory's name
+        name = args.model if args.model == "smollm2" else Path(args.model).stem if args.model.endswith(".gguf") \
+            else Path(args.model).name
+        serve = dataclasses.replace(serve, model_name=name)
     if args.cors_origin:
         serve = dataclasses.replace(serve, cors_origins=list(args.cors_origin))
     adapters = parse_adapters(args.adapter)

@@ -76,29 +76,29 @@ class CostModel:
             return [Sequence(f"m{i}", [0] * length, 0, blocks=list(range(i * per_seq, i * per_seq + math.ceil(length / bs))))
                     for i in range(n)]
 
-        @torch.no_grad()
-        def seconds(chunks: list[Chunk]) -> float:
-            positions = cache.prepare(chunks)
-            ids = torch.zeros(1, positions.size(1), dtype=torch.long, device=weight.device)
-            ends = torch.zeros(1, positions.size(1), dtype=torch.bool, device=weight.device)
-            ends[0, np.cumsum([ch.length for ch in chunks]) - 1] = True
-            times = []
-            for _ in range(repeats + 1):
+        shapes, rows = [], []                     # one step each, with its [1, prefill, decode rows, context]
+        for n in prefill_sizes:
+            shapes.append([Chunk(seqs(1, n)[0], 0, n)])
+            rows.append([1, n, 0, 0])
+        for b in decode_batches:
+            for ctx in contexts:
+                shapes.append([Chunk(s, ctx, 1) for s in seqs(b, ctx + 1)])
+                rows.append([1, 0, b, b * ctx])
+        # Rounds over all shapes (ABAB...), a warm-up round first, the median per shape: a burst of
+        # other load on the machine then spreads over every shape instead of skewing one.
+        times = np.zeros((repeats + 1, len(shapes)))
+        with torch.no_grad():
+            for r, (i, chunks) in itertools.product(range(repeats + 1), enumerate(shapes)):
+                positions = cache.prepare(chunks)
+                ids = torch.zeros(1, positions.size(1), dtype=torch.long, device=weight.device)
+                ends = torch.zeros(1, positions.size(1), dtype=torch.bool, device=weight.device)
+                ends[0, np.cumsum([ch.length for ch in chunks]) - 1] = True
                 t0 = time.perf_counter()
                 model(ids, positions=positions, kv_cache=cache, logits_mask=ends)
                 if weight.device.type == "cuda":
                     torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            return float(np.median(times[1:]))
-
-        rows, times = [], []
-        for n in prefill_sizes:
-            rows.append([1, n, 0, 0])
-            times.append(seconds([Chunk(seqs(1, n)[0], 0, n)]))
-        for b in decode_batches:
-            for ctx in contexts:
-                rows.append([1, 0, b, b * ctx])
-                times.append(seconds([Chunk(s, ctx, 1) for s in seqs(b, ctx + 1)]))
+                times[r, i] = time.perf_counter() - t0
+        times = np.median(times[1:], axis=0)
         coef = np.linalg.lstsq(np.array(rows, dtype=float), np.array(times), rcond=None)[0]
         return cls(*(max(float(x), 0.0) for x in coef))   # a slightly negative fit is noise: clip to 0
 

@@ -25,7 +25,8 @@ class ServeConfig:
     max_prompt_tokens: int = field(default=0, metadata={
         "help": "longest prompt accepted, in tokens (0: the model's context less one generated token)"})
     request_timeout_s: float = field(default=600.0, metadata={
-        "help": "a request still generating after this many seconds is cancelled (0: never)"})
+        "help": "a request not done this many seconds after it arrived (queueing included) is cancelled, "
+                "with a 504 (0: never)"})
     shutdown_grace_s: float = field(default=30.0, metadata={
         "help": "on SIGTERM/SIGINT, seconds running requests get to finish before they are cancelled"})
     model_name: str | None = field(default=None, metadata={

@@ -76,14 +76,14 @@ def _int(body: dict, name: str, default: int | None, low: int | None = None, hig
     return int(v)
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
     v = body.get(name)
     if v is None:
         return default
     if not _is_number(v):
         raise invalid(f"{name} must be a number, got {json.dumps(v)}", name)
-    if v > high or v < low or (low_open and v == low):
-        raise invalid(f"{name} must be {'above' if low_open else 'at least'} {low} and at most {high}, got {v}", name)
+    if not low <= v <= high:
+        raise invalid(f"{name} must be between {low:g} and {high:g}, got {v}", name)
     return float(v)
 
 
@@ -166,10 +166,15 @@ def _common(body: dict, kind: str, max_n: int) -> dict:
     try:
         sampling = SamplingConfig(
             max_new_tokens=max_tokens or 16, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-            top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+            # top_p 0 is valid for OpenAI (only the top token); SamplingConfig wants it above 0
+            top_p=max(_number(body, "top_p", 1.0, 0.0, 1.0), 1e-6),
             presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
             frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-            stop=_stop(body), seed=_int(body, "seed", None))
+            stop=_stop(body), seed=_int(body, "seed", None, -(2 ** 63), 2 ** 63 - 1),
+            # vLLM's extensions, so load generators and benchmarks written for it work unchanged
+            ignore_eos=_bool(body, "ignore_eos", False), top_k=max(_int(body, "top_k", 0, -1), 0),  # -1: off
+            min_p=_number(body, "min_p", 0.0, 0.0, 0.999),
+            repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.01, 10.0))
     except LLMLabError as e:  # a rule of SamplingConfig's own that the checks above do not cover
         raise invalid(str(e)) from None
     if body.get("user") is not None and not isinstance(body.get("user"), str):

@@ -112,6 +112,11 @@ def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int
     """Serve `engine` (a ContinuousEngine, or a no-argument function returning one, called after
     the port is bound so a taken port fails fast) until SIGTERM/SIGINT; returns 0 after a graceful
     shutdown."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))   # uvicorn's own look
+    log.addHandler(handler)
+    log.setLevel(log_level.upper())
+    log.propagate = False
     sock = bind_socket(config.host, config.port)
     try:
         if callable(engine) and not hasattr(engine, "step"):
@@ -131,4 +136,5 @@ def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int
     finally:
         worker.stop(cancel_running=True)
         sock.close()
+        log.removeHandler(handler)
     return 0

@@ -71,6 +71,8 @@ class EngineWorker:
         self._active: dict[str, _Active] = {}      # engine thread only
         self._stop: bool | None = None             # None: running; else "cancel the running ones?"
         self._thread: threading.Thread | None = None
+        self._closed = False                       # the thread has exited (or is about to): submit answers 503
+        self._close_lock = threading.Lock()        # no submission slips in between that and the last drain
         self.stats: dict = engine.stats()          # a snapshot, replaced (never mutated) by the engine thread
         self.active_count = 0                      # requests with events still to come (read from any thread)
         self.last_error: str | None = None
@@ -92,7 +94,10 @@ class EngineWorker:
         (too long, unknown adapter), 503 when the server is stopping."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._send(_Submit(items, loop, events, done))
+        with self._close_lock:
+            if self._closed:
+                raise shutting_down_error()
+            self._send(_Submit(items, loop, events, done))
         return await done
 
     def cancel(self, request_ids: Iterable[str]) -> None:
@@ -122,6 +127,9 @@ class EngineWorker:
             self._drain_commands()
             if self._stop is not None and (self._stop or not self._active):
                 self._end_all(shutting_down_error)
+                with self._close_lock:
+                    self._closed = True
+                self._drain_commands()     # submissions sent meanwhile: answered 503, not left hanging
                 self._publish_stats(0)
                 return
             self._expire()
@@ -184,7 +192,7 @@ class EngineWorker:
                 command.done.set_exception(result)
             else:
                 command.done.set_result(result)
-        command.loop.call_soon_threadsafe(settle)
+        _post(command.loop, settle)
 
     def _step(self) -> None:
         try:
@@ -219,7 +227,7 @@ class EngineWorker:
         self.active_count = len(self._active)
         # one callback per loop per step, not per token: 64 streams cost one wakeup of the loop
         for loop, pairs in by_loop.items():
-            loop.call_soon_threadsafe(_deliver, pairs)
+            _post(loop, _deliver, pairs)
         self._publish_stats(tokens)
 
     def _observe_token(self, active: _Active, now: float) -> None:
@@ -241,13 +249,13 @@ class EngineWorker:
             active = self._active.pop(rid)
             error = APIError(504, f"the request ran past the server's request timeout of {self.request_timeout_s:g} s; "
                                   "ask for fewer tokens", "timeout_error", code="request_timeout")
-            active.loop.call_soon_threadsafe(_deliver, [(active.events, error)])
+            _post(active.loop, _deliver, [(active.events, error)])
         self.active_count = len(self._active)
 
     def _end_all(self, make_error: Any) -> None:
         for rid, active in list(self._active.items()):
             self.engine.cancel(rid)
-            active.loop.call_soon_threadsafe(_deliver, [(active.events, make_error())])
+            _post(active.loop, _deliver, [(active.events, make_error())])
         self._active.clear()
         self.active_count = 0
 
@@ -256,6 +264,15 @@ class EngineWorker:
         if self.metrics is not None:
             self.metrics.observe_stats(self.stats)
             self.metrics.observe_tokens(tokens)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """Run callback(*args) on `loop`; a loop already closed (its server gone) has nobody to tell,
+    and must not take the engine thread down with it."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
 
 
 def _deliver(pairs: list[tuple[asyncio.Queue, Any]]) -> None:
