@@ -44,6 +44,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="the prompt text")
     parser.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
+    parser.add_argument("--prompts", type=Path, metavar="FILE",
+                        help="many prompts, one per line (or a .jsonl of {\"prompt\": ...} objects), generated "
+                             "together by the continuous-batching scheduler; prints each reply (--json: one JSON "
+                             "line per prompt)")
+    parser.add_argument("--max-batch", type=int, default=64, help="with --prompts: sequences decoded at once")
     parser.add_argument("--raw", action="store_true",
                         help="send the prompt as plain text, without the chat template (models without a "
                              "template, e.g. base models and our own runs, always get plain text)")
@@ -89,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.core.errors import LLMLabError
     from llmlab.infer import Engine
 
+    if args.prompts:
+        return run_many(args)
     if args.prompt_file:
         if not args.prompt_file.is_file():
             raise LLMLabError(f"--prompt-file {args.prompt_file}: no such file")
@@ -114,4 +121,55 @@ def run(args: argparse.Namespace) -> int:
         compiled = f"; compile {t['compile_s']:.1f} s (not in decode)" if args.compile else ""
         print(f"\n[{len(completion.token_ids)} tokens, {completion.finish_reason}; prefill {t['prefill_tok_s']:.0f} tok/s, "
               f"decode {t['decode_tok_s']:.1f} tok/s{compiled}{speculative_summary(t)}]", file=sys.stderr)
+    return 0
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per non-empty line, or the "prompt" field of each line of a .jsonl file."""
+    from llmlab.core.errors import LLMLabError
+
+    if not path.is_file():
+        raise LLMLabError(f"--prompts {path}: no such file")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise LLMLabError(f"--prompts {path}, line {n}: not JSON ({e}); write one {{\"prompt\": ...}} per line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise LLMLabError(f"--prompts {path}, line {n}: needs a string field \"prompt\"")
+        prompts.append(record["prompt"])
+    return prompts
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """--prompts FILE: every prompt through Engine.generate_batch (the continuous-batching scheduler)."""
+    import time
+
+    from llmlab.core.errors import LLMLabError
+    from llmlab.infer import Engine
+
+    prompts = read_prompts(args.prompts)
+    if not prompts:
+        raise LLMLabError(f"--prompts {args.prompts}: no prompts in it")
+    if args.max_batch < 1:
+        raise LLMLabError(f"--max-batch {args.max_batch}: must be at least 1")
+    if speculative_from(args) is not None:
+        raise LLMLabError("speculative decoding works on one prompt at a time: drop --speculative/--draft with --prompts")
+    engine = Engine.load(args.model, args.device, args.dtype, adapter=args.adapter, native_gguf=args.native_gguf)
+    t0 = time.perf_counter()
+    completions = engine.generate_batch(prompts, sampling_from(args), raw=True if args.raw else None,
+                                        max_batch=args.max_batch)
+    elapsed = time.perf_counter() - t0
+    for prompt, completion in zip(prompts, completions):
+        if args.json:
+            print(json.dumps({"prompt": prompt, **completion.as_dict()}, ensure_ascii=False))
+        else:
+            print(f"### {prompt}\n{completion.text}\n")
+    tokens = sum(len(c.token_ids) for c in completions)
+    print(f"[{len(prompts)} prompts, {tokens} tokens in {elapsed:.1f} s: {tokens / elapsed:.1f} tok/s, "
+          f"batches of up to {args.max_batch}]", file=sys.stderr)
     return 0

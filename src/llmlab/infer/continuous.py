@@ -212,13 +212,18 @@ class ContinuousEngine:
     # ------------------------------------------------------------------ a whole batch at once
 
     def run(self, prompts: list[list[int]], configs: list[SamplingConfig],
-            adapters: list[str | None] | None = None) -> list[Completion]:
+            adapters: list[str | None] | None = None, show_progress: bool | None = None) -> list[Completion]:
         """Submit every prompt, step until all are done; the completions in prompt order
-        (`llmlab generate` over many prompts, Engine.generate_batch)."""
+        (`llmlab generate` over many prompts, Engine.generate_batch). A progress bar on stderr
+        counts finished prompts (shown on a terminal, or as show_progress says)."""
+        from llmlab.core.progress import progress
+
         adapters = adapters or [None] * len(prompts)
         order = [self.submit(p, c, a) for p, c, a in zip(prompts, configs, adapters)]
         requests = {rid: self.sequences[rid].payload for rid in order}
         timings = Timings()
+        bar = progress(len(prompts), "generate", "prompt",
+                       disable=None if show_progress is None else not show_progress or len(prompts) < 2)
         while self.has_work():
             prompt_tokens = self.prompt_tokens_computed
             t0 = time.perf_counter()
@@ -230,5 +235,8 @@ class ContinuousEngine:
             else:
                 timings.decode_tokens += len(events)
                 timings.decode_s += elapsed
+            bar.update(sum(e.finish_reason is not None for e in events))
+            bar.set_postfix(tok_s=f"{self.generated_tokens / max(bar.format_dict['elapsed'], 1e-9):.1f}", refresh=False)
+        bar.close()
         return [requests[rid].reply.completion(len(p), c.logprobs, timings.as_dict())
                 for rid, p, c in zip(order, prompts, configs)]

@@ -184,9 +184,10 @@ class Engine:
         return self.stream(messages, config, overflow="truncate")
 
     def generate_batch(self, prompts: list[str | list[int] | list[dict]], config: SamplingConfig | list[SamplingConfig],
-                       raw: bool | None = None) -> list[Completion]:
+                       raw: bool | None = None, max_batch: int = 64) -> list[Completion]:
         """Several prompts at once through the continuous-batching scheduler (llmlab.infer.continuous):
-        greedy output equals unbatched, each prompt with its own SamplingConfig if a list is given."""
+        greedy output equals unbatched, each prompt with its own SamplingConfig if a list is given.
+        Up to max_batch decode together; the rest join as others finish."""
         from llmlab.infer.continuous import ContinuousEngine
         from llmlab.infer.scheduler import SchedulerConfig
 
@@ -194,11 +195,11 @@ class Engine:
         if len(configs) != len(prompts):
             raise LLMLabError(f"{len(configs)} sampling configs for {len(prompts)} prompts: give one per prompt")
         encoded = [self.encode_prompt(p, raw) for p in prompts]
-        # A pool that fits every sequence whole (no preemption), and a step budget that prefills all
-        # prompts in one pass, as a padded batch would.
-        block = 16
-        blocks = sum(-(-(len(p) + c.max_new_tokens) // block) for p, c in zip(encoded, configs))
+        # A pool that holds any max_batch of them whole (so nothing is preempted), and a step budget
+        # that prefills a batch's prompts in one or a few passes, as a padded batch would.
+        block, batch = 16, min(max_batch, len(prompts))
+        longest = max(-(-(len(p) + c.max_new_tokens) // block) for p, c in zip(encoded, configs))
         batcher = ContinuousEngine(self.model, self.tokenizer, SchedulerConfig(
-            max_batch=len(prompts), max_step_tokens=max(256, sum(map(len, encoded))), block_size=block,
-            num_blocks=blocks, max_queue=len(prompts)), name=self.name)
+            max_batch=batch, max_step_tokens=min(4096, max(256, sum(map(len, encoded[:batch])))), block_size=block,
+            num_blocks=batch * longest, max_queue=len(prompts)), name=self.name)
         return batcher.run(encoded, configs)
