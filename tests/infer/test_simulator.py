@@ -56,7 +56,11 @@ def test_max_batch_1_serves_one_request_at_a_time():
     check_complete(result, trace)
     lifetimes = sorted((r.started, r.finish) for r in result.records)
     assert all(later[0] >= earlier[1] for earlier, later in zip(lifetimes, lifetimes[1:]))
-    assert result.summary["itl_p95_s"] == pytest.approx(result.summary["itl_p50_s"])   # decode alone, each step alike
+    cost = CostModel()
+    for record in result.records:    # every gap is one step decoding this request alone, at its position
+        expected = [cost.step_overhead_s + cost.per_decode_seq_s + cost.per_context_token_s * (record.prompt_tokens + i)
+                    for i in range(record.max_tokens - 1)]
+        assert record.itls == pytest.approx(expected)
 
 
 def test_continuous_batching_multiplies_throughput():
@@ -71,15 +75,22 @@ def test_continuous_batching_multiplies_throughput():
 
 
 def test_prefill_first_trades_inter_token_latency_for_time_to_first_token():
-    trace = poisson_trace(40, 1.5, (600, 1000), (20, 60), seed=0)
-    decode_first = simulate(SchedulerConfig(max_step_tokens=256), trace).summary
-    prefill_first = simulate(SchedulerConfig(max_step_tokens=256, policy="prefill-first"), trace).summary
-    assert prefill_first["ttft_mean_s"] < decode_first["ttft_mean_s"]
-    assert prefill_first["itl_p95_s"] > decode_first["itl_p95_s"]
+    # With chunked prefill, decode-first already gives prompts what the decodes leave of the budget,
+    # so prefill-first only wins that share back: a small budget (64, 16 decodes) shows it. It buys
+    # that by stalling every decode for whole steps of prompts: the worst gaps grow many times.
+    # (At max_step_tokens 256 its p95 ITL is often *lower*: it merges the stalls into fewer, longer
+    # gaps, fewer than 5% of all; p99 and max still grow.)
+    trace = poisson_trace(60, 0.15, (600, 1000), (20, 60), seed=0)
+    decode_first = simulate(SchedulerConfig(max_step_tokens=64), trace).summary
+    prefill_first = simulate(SchedulerConfig(max_step_tokens=64, policy="prefill-first"), trace).summary
+    assert prefill_first["ttft_mean_s"] < 0.98 * decode_first["ttft_mean_s"]
+    assert prefill_first["itl_p95_s"] > 1.05 * decode_first["itl_p95_s"]
+    assert prefill_first["itl_max_s"] > 5 * decode_first["itl_max_s"]
 
 
 def test_prefix_cache_cuts_time_to_first_token_of_a_shared_prompt():
-    trace = poisson_trace(30, 3.0, (300, 340), (8, 16), seed=0, shared_prefix=288)
+    # 1 request/s: each arrives after the one before has prefilled (blocks are shared once computed).
+    trace = poisson_trace(30, 1.0, (300, 340), (8, 16), seed=0, shared_prefix=288)
     cached = simulate(SchedulerConfig(prefix_cache=True), trace)
     uncached = simulate(SchedulerConfig(prefix_cache=False), trace)
     check_complete(cached, trace)
@@ -87,7 +98,7 @@ def test_prefix_cache_cuts_time_to_first_token_of_a_shared_prompt():
     # Every request after the first finds the 288 shared tokens (18 full blocks of 16) cached.
     assert all(r.cached_tokens == 288 for r in cached.records[1:])
     assert cached.summary["prefix_hit_tokens"] == 288 * (len(trace) - 1)
-    assert cached.summary["ttft_mean_s"] < 0.7 * uncached.summary["ttft_mean_s"]
+    assert cached.summary["ttft_mean_s"] < 0.5 * uncached.summary["ttft_mean_s"]
 
 
 def test_small_step_budget_keeps_a_long_prompt_from_stalling_decodes():

@@ -1,27 +1,25 @@
-"""A virtual-clock simulator of continuous batching: compare scheduling policies in milliseconds, without a model.
+"""A virtual-clock simulator of continuous batching: compare scheduler settings in milliseconds, without a model.
 
 Which policy, step token budget (chunk size), KV block size or batch cap serves a load best depends
-on the load, and measuring each choice on a real model takes minutes per point. Here the real
-`Scheduler` (llmlab.infer.scheduler, the class the engine uses) plans every step, a `CostModel`
-says how long the model would take to run that step, and a virtual clock moves by that much. A
-trace of hundreds of requests runs in milliseconds, and the same trace always gives the same numbers.
+on the load, and each point costs minutes on a real model. Here the real `Scheduler`
+(llmlab.infer.scheduler, the class the engine uses) plans every step, a `CostModel` says how long
+the model would take to run it, and a virtual clock moves by that much: a trace of a hundred
+requests takes milliseconds, and the same trace always gives the same numbers.
 
-    trace = poisson_trace(200, rate_per_s=2, prompt_len=(32, 512), output_len=(16, 128), seed=0)
-    results = {"batch 1": simulate(SchedulerConfig(max_batch=1), trace, CostModel()),
-               "batch 16": simulate(SchedulerConfig(max_batch=16), trace, CostModel())}
-    print(table(results))
-
+    trace = poisson_trace(100, rate_per_s=0.3, prompt_len=(32, 512), output_len=(16, 128), seed=0)
+    print(table({"batch 1": simulate(SchedulerConfig(max_batch=1), trace),
+                 "batch 16": simulate(SchedulerConfig(max_batch=16), trace)}))
     python -m llmlab.infer.simulator            # policies, chunk sizes, block sizes, batch caps
 
-The cost of a step is linear in what it packs (the shape of a memory-bound decoder's forward pass):
+A step's cost is linear in what it packs, the shape of a memory-bound decoder's forward pass:
     step_overhead_s                               reading every weight once, whatever the batch
-    + per_prefill_token_s * prompt tokens         compute per prompt token (rows of length > 1)
+    + per_prefill_token_s * prompt tokens         compute per prompt token (chunks longer than 1)
     + per_decode_seq_s * decode rows              compute (and logits) per one-token row
     + per_context_token_s * cached positions read attention gathering each chunk's cached keys
-Decode is cheap per row and dear per step, which is why batching pays (Orca, Yu et al. OSDI 2022).
-It ignores what the model does not see here: Python's own planning time, and non-linear effects
-(cache misses, attention's quadratic cost within a long chunk). Fit it to your model with
-`CostModel.measure`; trust comparisons between policies more than absolute figures.
+Cheap per row, dear per step: that is why batching pays (Orca, Yu et al. OSDI 2022). It leaves out
+the host's own planning time and non-linear effects (attention's quadratic cost inside a long chunk,
+kernel changes with batch size). Fit it to a model with `CostModel.measure`, and trust comparisons
+between settings more than absolute figures.
 """
 
 from __future__ import annotations
@@ -40,11 +38,13 @@ from llmlab.infer.scheduler import Chunk, Scheduler, SchedulerConfig, Sequence
 
 @dataclass(frozen=True)
 class CostModel:
-    # Defaults measured by CostModel.measure on SmolLM2-135M fp32, 2 CPU cores (see DEFAULTS_MEASURED_ON).
-    step_overhead_s: float = 0.020
-    per_prefill_token_s: float = 0.0010
-    per_decode_seq_s: float = 0.0015
-    per_context_token_s: float = 0.0
+    # Defaults measured by CostModel.measure(Engine.load("smollm2"), repeats=7): SmolLM2-135M fp32 on
+    # 2 threads of an AMD EPYC (torch 2.13, 2026-12-01, the machine shared: repeated fits moved ~20%).
+    # Decode is memory-bound: a step costs ~90 ms whatever its batch, and ~4 ms more per row.
+    step_overhead_s: float = 0.089
+    per_prefill_token_s: float = 0.0023
+    per_decode_seq_s: float = 0.0040
+    per_context_token_s: float = 0.000020
 
     def __call__(self, chunks: list[Chunk]) -> float:
         """Seconds one step of these chunks takes."""
@@ -66,24 +66,16 @@ class CostModel:
         from llmlab.infer.paged_cache import PagedKVCache
 
         model = getattr(engine_or_model, "model", engine_or_model).eval()
-        c, weight = model.config, next(model.parameters())
-        bs = 16
-        per_seq = math.ceil((max(max(contexts), max(prefill_sizes)) + 1) / bs)
+        c, weight, bs = model.config, next(model.parameters()), 16
+        per_seq = math.ceil((max(*contexts, *prefill_sizes) + 1) / bs)
         cache = PagedKVCache(c.n_layer, per_seq * max(decode_batches), bs, c.n_kv_head, c.head_dim,
                              weight.dtype, weight.device)
-
-        def seqs(n: int, length: int) -> list[Sequence]:       # n sequences of `length` tokens, own blocks
-            return [Sequence(f"m{i}", [0] * length, 0, blocks=list(range(i * per_seq, i * per_seq + math.ceil(length / bs))))
-                    for i in range(n)]
-
-        shapes, rows = [], []                     # one step each, with its [1, prefill, decode rows, context]
-        for n in prefill_sizes:
-            shapes.append([Chunk(seqs(1, n)[0], 0, n)])
-            rows.append([1, n, 0, 0])
-        for b in decode_batches:
-            for ctx in contexts:
-                shapes.append([Chunk(s, ctx, 1) for s in seqs(b, ctx + 1)])
-                rows.append([1, 0, b, b * ctx])
+        seqs = lambda n, length: [Sequence(f"m{i}", [0] * length, 0,  # noqa: E731 (own blocks each)
+                                           blocks=list(range(i * per_seq, i * per_seq + math.ceil(length / bs))))
+                                  for i in range(n)]
+        shapes = [[Chunk(seqs(1, n)[0], 0, n)] for n in prefill_sizes]
+        shapes += [[Chunk(s, ctx, 1) for s in seqs(b, ctx + 1)] for b in decode_batches for ctx in contexts]
+        rows = [[1, n, 0, 0] for n in prefill_sizes] + [[1, 0, b, b * ctx] for b in decode_batches for ctx in contexts]
         # Rounds over all shapes (ABAB...), a warm-up round first, the median per shape: a burst of
         # other load on the machine then spreads over every shape instead of skewing one.
         times = np.zeros((repeats + 1, len(shapes)))
@@ -100,7 +92,7 @@ class CostModel:
                 times[r, i] = time.perf_counter() - t0
         times = np.median(times[1:], axis=0)
         coef = np.linalg.lstsq(np.array(rows, dtype=float), np.array(times), rcond=None)[0]
-        return cls(*(max(float(x), 0.0) for x in coef))   # a slightly negative fit is noise: clip to 0
+        return cls(*(max(float(x), 0.0) for x in coef))     # a slightly negative fit is noise
 
 
 @dataclass
@@ -126,7 +118,7 @@ def poisson_trace(n: int, rate_per_s: float, prompt_len: int | tuple[int, int], 
     if not rate_per_s > 0:
         raise LLMLabError(f"rate_per_s={rate_per_s}: give a positive arrival rate (inf: all at once)")
     if not 0 <= shared_prefix < p_lo:
-        raise LLMLabError(f"shared_prefix={shared_prefix} must be at least 0 and shorter than the shortest prompt ({p_lo})")
+        raise LLMLabError(f"shared_prefix={shared_prefix}: give 0 or more, shorter than the shortest prompt ({p_lo})")
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1 / rate_per_s, n) if math.isfinite(rate_per_s) else np.zeros(n)
     prefix = rng.integers(0, vocab_size, shared_prefix).tolist()
@@ -194,8 +186,8 @@ def simulate(config: SchedulerConfig, trace: list[Arrival], cost: CostModel | No
             a, record = trace[order[arrived]], records[order[arrived]]
             arrived += 1
             if not a.prompt or a.max_tokens < 1 or len(a.prompt) + a.max_tokens > context:
-                raise LLMLabError(f"{record.request_id}: a prompt of {len(a.prompt)} tokens + max_tokens {a.max_tokens} "
-                                  f"must be non-empty, ask for a token or more and fit the context ({context})")
+                raise LLMLabError(f"{record.request_id}: prompt ({len(a.prompt)} tokens) + max_tokens ({a.max_tokens}) "
+                                  f"must both be at least 1 and fit the context ({context})")
             if len(scheduler.waiting) >= config.max_queue:
                 continue                                     # refused, as a server answers 429
             try:
@@ -245,16 +237,17 @@ def _summarize(records: list[RequestRecord], steps: int) -> dict[str, float]:
 _COLUMNS = [("tok/s", "throughput_tok_s", 1, ".1f"), ("req/s", "requests_s", 1, ".2f"),
             ("TTFT mean ms", "ttft_mean_s", 1e3, ".0f"), ("TTFT p50", "ttft_p50_s", 1e3, ".0f"),
             ("TTFT p95", "ttft_p95_s", 1e3, ".0f"), ("TPOT ms", "tpot_mean_s", 1e3, ".1f"),
-            ("ITL p50", "itl_p50_s", 1e3, ".1f"), ("ITL p95", "itl_p95_s", 1e3, ".1f"),
-            ("e2e mean s", "e2e_mean_s", 1, ".2f"), ("e2e p50", "e2e_p50_s", 1, ".2f"), ("e2e p95", "e2e_p95_s", 1, ".2f"),
+            ("ITL p50", "itl_p50_s", 1e3, ".0f"), ("ITL p95", "itl_p95_s", 1e3, ".0f"),
+            ("ITL max", "itl_max_s", 1e3, ".0f"), ("e2e mean s", "e2e_mean_s", 1, ".1f"),
+            ("e2e p95", "e2e_p95_s", 1, ".1f"),
             ("preempt", "preemptions", 1, "d"), ("cached tok", "prefix_hit_tokens", 1, "d"), ("steps", "steps", 1, "d")]
 
 
 def table(results: dict[str, SimResult]) -> str:
     """A Markdown table comparing the summaries, one row per named result."""
     header = ["config"] + [c[0] for c in _COLUMNS]
-    rows = [[name] + [format(r.summary[key] * scale if scale != 1 else r.summary[key], fmt)
-                      for _, key, scale, fmt in _COLUMNS] for name, r in results.items()]
+    rows = [[name] + [format(r.summary[key] * scale, fmt) for _, key, scale, fmt in _COLUMNS]
+            for name, r in results.items()]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                            for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -265,12 +258,14 @@ def table(results: dict[str, SimResult]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m llmlab.infer.simulator",
                                      description="Compare scheduler settings on one Poisson trace (virtual clock).")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=0.3, help="arrivals per second")
     parser.add_argument("--prompt-len", type=int, nargs=2, default=(32, 512), metavar=("LO", "HI"))
     parser.add_argument("--output-len", type=int, nargs=2, default=(16, 128), metavar=("LO", "HI"))
-    parser.add_argument("--shared-prefix", type=int, default=0, help="prompt tokens every request shares")
-    parser.add_argument("--kv-tokens", type=int, default=16384, help="KV cache size in token slots, for every setting")
+    parser.add_argument("--shared-prefix", type=int, default=24, help="prompt tokens every request shares (a system "
+                        "prompt): only whole blocks of it are shared, so block size shows here")
+    parser.add_argument("--kv-tokens", type=int, default=4096, help="KV cache size in token slots, the same memory "
+                        "for every setting (num_blocks = kv_tokens // block_size)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     trace = poisson_trace(args.requests, args.rate, tuple(args.prompt_len), tuple(args.output_len), args.seed,
