@@ -147,3 +147,16 @@ def test_refuses_requests_beyond_the_queue_and_contexts_too_long():
     assert result.summary["completed"] == 3 and all(r.finish is None for r in result.records[3:])
     with pytest.raises(LLMLabError, match="context"):
         simulate(SchedulerConfig(), [Arrival(0.0, [1] * 100, 50)], context=120)
+
+
+def test_measure_fits_a_cost_model_to_a_real_model():
+    import torch
+
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=32))
+    cost = CostModel.measure(model, prefill_sizes=(8, 32), decode_batches=(1, 4), contexts=(8, 40), repeats=1)
+    values = [cost.step_overhead_s, cost.per_prefill_token_s, cost.per_decode_seq_s, cost.per_context_token_s]
+    assert all(v >= 0 for v in values) and 0 < cost.step_overhead_s < 1

@@ -67,7 +67,7 @@ class SchedulerConfig:
         return self.num_blocks or self.max_batch * math.ceil(min(context, 1024) / self.block_size)
 
 
-@dataclass
+@dataclass(eq=False)   # compared by identity: the scheduler's `in` and remove() look for this very object
 class Sequence:
     """One request as the scheduler sees it: its tokens, which of them are in the KV cache, its blocks."""
 

@@ -70,11 +70,13 @@ class CostModel:
         per_seq = math.ceil((max(*contexts, *prefill_sizes) + 1) / bs)
         cache = PagedKVCache(c.n_layer, per_seq * max(decode_batches), bs, c.n_kv_head, c.head_dim,
                              weight.dtype, weight.device)
-        seqs = lambda n, length: [Sequence(f"m{i}", [0] * length, 0,  # noqa: E731 (own blocks each)
-                                           blocks=list(range(i * per_seq, i * per_seq + math.ceil(length / bs))))
-                                  for i in range(n)]
-        shapes = [[Chunk(seqs(1, n)[0], 0, n)] for n in prefill_sizes]
-        shapes += [[Chunk(s, ctx, 1) for s in seqs(b, ctx + 1)] for b in decode_batches for ctx in contexts]
+
+        def seq(i: int, length: int) -> Sequence:          # the i-th of a step's sequences, on its own blocks
+            return Sequence(f"m{i}", [0] * length, 0,
+                            blocks=list(range(i * per_seq, i * per_seq + math.ceil(length / bs))))
+
+        shapes = [[Chunk(seq(0, n), 0, n)] for n in prefill_sizes]
+        shapes += [[Chunk(seq(i, ctx + 1), ctx, 1) for i in range(b)] for b in decode_batches for ctx in contexts]
         rows = [[1, n, 0, 0] for n in prefill_sizes] + [[1, 0, b, b * ctx] for b in decode_batches for ctx in contexts]
         # Rounds over all shapes (ABAB...), a warm-up round first, the median per shape: a burst of
         # other load on the machine then spreads over every shape instead of skewing one.
@@ -278,10 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     results = {name: simulate(config, trace, cost, num_blocks=args.kv_tokens // config.block_size)
                for name, config in variants.items()}
-    print(f"{args.requests} requests, Poisson {args.rate}/s, prompts {args.prompt_len[0]}-{args.prompt_len[1]}, "
-          f"outputs {args.output_len[0]}-{args.output_len[1]} tokens, KV {args.kv_tokens} tokens; "
-          f"default: {base.policy}, max_step_tokens {base.max_step_tokens}, block_size {base.block_size}, "
-          f"max_batch {base.max_batch}; {cost}")
+    print(f"{args.requests} requests, Poisson {args.rate}/s, prompt/output tokens {args.prompt_len}/"
+          f"{args.output_len}, shared prefix {args.shared_prefix}, KV {args.kv_tokens} tokens. "
+          f"Each row changes one setting of the default (decode-first, max_step_tokens {base.max_step_tokens}, "
+          f"block_size {base.block_size}, max_batch {base.max_batch}). {cost}")
     print(table(results))
     print(f"({len(results)} simulations in {time.perf_counter() - t0:.2f} s)")
 
