@@ -349,3 +349,31 @@ def test_api_key_is_sent_as_bearer_and_remembered(driver, server):
     send_message(driver, "Hi")
     wait_for(driver, lambda: len(server.auth_headers) == n_before + 2 and idle(driver), what="reply")
     assert server.auth_headers[-1] is None
+
+
+def test_page_against_the_real_server_streams_the_engines_reply(driver):
+    """End to end: the page, llmlab's own server and ContinuousEngine (a tiny model); the reply the
+    page shows is the engine's greedy text for the same chat."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_fixtures", Path(__file__).with_name("test_server.py"))
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    from llmlab.infer import SamplingConfig
+    from llmlab.serve.config import ServeConfig
+
+    engine = fixtures.tiny_engine()
+    messages = [{"role": "user", "content": "Hello"}]
+    reference = fixtures.tiny_engine()
+    prompt = reference.tokenizer.encode(reference.tokenizer.apply_chat_template(messages))
+    expected = reference.run([prompt], [SamplingConfig(max_new_tokens=24, temperature=0)])[0].text
+    with fixtures.serving(engine, ServeConfig()) as live:
+        driver.get(live.url + "/")
+        wait_for(driver, lambda: "tiny" in model_options(driver), what="models listed")
+        assert model_options(driver) == ["tiny", "tiny:shout"]
+        set_field(driver, "temperature", "0")
+        set_field(driver, "max-tokens", "24")
+        send_message(driver, "Hello")
+        wait_for(driver, lambda: idle(driver) and assistant_texts(driver), timeout=30, what="reply finished")
+        assert assistant_texts(driver) == [expected]
+        assert re.match(r"24 tokens · [\d.]+ tokens/s", el(driver, "stats").text), el(driver, "stats").text
