@@ -146,7 +146,8 @@ def transformers_server(hf_dir: Path, num_blocks: int) -> Server:
     port = free_port()
     exe = str(Path(sys.executable).with_name("transformers"))
     return Server("hf", [exe, "serve", "--continuous-batching", "--device", "cpu", "--dtype", "float32",
-                         "--cb-num-blocks", str(num_blocks), "--host", "127.0.0.1", "--port", str(port),
+                         "--cb-num-blocks", str(num_blocks), "--cb-block-size", "16", "--cb-max-batch-tokens", "256",
+                         "--host", "127.0.0.1", "--port", str(port),
                          "--log-level", "warning", str(hf_dir)], port, str(hf_dir))
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -96,10 +98,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build(engine: Any, config: ServeConfig, embedder_factory: Any = None) -> tuple[Any, EngineWorker]:
-    """(app, started worker) for an engine: what run_server serves, and what tests drive."""
+def build(engine: Any, config: ServeConfig, embedder_factory: Any = None,
+          start: bool = True) -> tuple[Any, EngineWorker]:
+    """(app, worker) for an engine: what run_server serves, and what tests drive. start: run the
+    worker on a thread of its own (else the caller runs worker.run())."""
     metrics = Metrics()
-    worker = EngineWorker(engine, metrics, config.request_timeout_s).start()
+    worker = EngineWorker(engine, metrics, config.request_timeout_s)
+    if start:
+        worker.start()
     try:
         app = create_app(worker, config, metrics, embedder_factory)
     except BaseException:
@@ -121,7 +127,7 @@ def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int
     try:
         if callable(engine) and not hasattr(engine, "step"):
             engine = engine()
-        app, worker = build(engine, config)
+        app, worker = build(engine, config, start=False)
     except BaseException:
         sock.close()
         raise
@@ -131,10 +137,18 @@ def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int
     print(f"llmlab serve: {name} on http://{shown}:{port}  (OpenAI API under /v1, chat page at /; "
           "Ctrl-C or SIGTERM stops it gracefully)", file=sys.stderr, flush=True)
     server = Server(app, worker, config, log_level)
+    # The engine loop runs on the main thread and HTTP on a second one (see EngineWorker.run), so
+    # the signal handlers, which Python runs on the main thread, are installed here, not by uvicorn.
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llmlab-http", daemon=True)
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        http.start()
+        worker.run(give_up=lambda: not http.is_alive())
+        http.join(10)
     finally:
         worker.stop(cancel_running=True)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         sock.close()
         log.removeHandler(handler)
     return 0

@@ -71,6 +71,7 @@ class EngineWorker:
         self._active: dict[str, _Active] = {}      # engine thread only
         self._stop: bool | None = None             # None: running; else "cancel the running ones?"
         self._thread: threading.Thread | None = None
+        self._finished = False                     # the loop has ended (commands sent before it starts wait)
         self._closed = False                       # the thread has exited (or is about to): submit answers 503
         self._close_lock = threading.Lock()        # no submission slips in between that and the last drain
         self.stats: dict = engine.stats()          # a snapshot, replaced (never mutated) by the engine thread
@@ -80,13 +81,14 @@ class EngineWorker:
     # ------------------------------------------------------------------ any thread
 
     def start(self) -> "EngineWorker":
-        self._thread = threading.Thread(target=self._run, name="llmlab-engine", daemon=True)
+        """Run the engine loop on a thread of its own (tests; `run` is what `llmlab serve` uses)."""
+        self._thread = threading.Thread(target=self.run, name="llmlab-engine", daemon=True)
         self._thread.start()
         return self
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return not self._finished
 
     async def submit(self, items: list[tuple[list[int], Any, str | None]], events: asyncio.Queue) -> list[str]:
         """Queue sequences for one HTTP request, all or none; their events go to `events`.
@@ -119,8 +121,19 @@ class EngineWorker:
 
     # ------------------------------------------------------------------ the engine thread
 
-    def _run(self) -> None:
+    def run(self, give_up: Any = None) -> None:
+        """The engine loop, on the calling thread, until stop() (or until give_up() is true, checked
+        at least every IDLE_WAKE_S: the HTTP side died). `llmlab serve` runs it on the main thread:
+        here torch's small matrix products ran 1.3-2x slower on a second thread than on the main one."""
+        try:
+            self._loop(give_up)
+        finally:
+            self._finished = True
+
+    def _loop(self, give_up: Any) -> None:
         while True:
+            if give_up is not None and give_up() and self._stop is None:
+                self._stop = True
             # clear before draining: a command sent after the drain sets the event again, so the
             # wait below returns at once instead of sleeping on it
             self._wake.clear()
