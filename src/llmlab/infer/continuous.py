@@ -166,11 +166,12 @@ class ContinuousEngine:
         requests: list[_Request] = [s.payload for s in seqs]
         sampling = RowSampling.for_rows([r.config for r in requests], self.device, [r.generator for r in requests])
         history = None
-        if "penalty" in sampling.uses:
-            # OpenAI's presence/frequency penalties count the tokens generated so far (not the prompt).
-            width = max(1, max(len(s.output) for s in seqs))
-            history = torch.tensor([s.output + [-1] * (width - len(s.output)) for s in seqs], device=self.device)
-        next_ids, dist = sample_distribution(logits, sampling, history)
+        prompt_len = None
+        if "penalty" in sampling.uses:   # (llmlab.infer.sampling.apply_penalties: which penalty sees what)
+            width = max(s.num_tokens for s in seqs)
+            history = torch.tensor([s.tokens + [-1] * (width - s.num_tokens) for s in seqs], device=self.device)
+            prompt_len = torch.tensor([len(s.prompt) for s in seqs], device=self.device)
+        next_ids, dist = sample_distribution(logits, sampling, history, prompt_len=prompt_len)
         top_k = max(r.config.top_logprobs for r in requests)
         top = dist.topk(top_k, dim=-1) if top_k else None
         events = []

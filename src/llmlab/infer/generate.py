@@ -142,7 +142,7 @@ def decode_steps(model: torch.nn.Module, prompts: list[list[int]], config: Sampl
     logits = forward_step(model, ids, cache, lengths if B > 1 else None)  # prefill
     timings.prefill_tokens, timings.prefill_s = int(lengths.sum()), time.perf_counter() - t0
     for step in range(max_new_tokens):
-        next_ids, logprobs = sample_next(logits, sampling, history)
+        next_ids, logprobs = sample_next(logits, sampling, history, prompt_len=L)
         yield Step(next_ids, logprobs)
         if step == max_new_tokens - 1:
             break  # the last token needs no forward pass of its own

@@ -97,42 +97,52 @@ def filter_logits(logits: torch.Tensor, top_k: int | torch.Tensor = 0, top_p: fl
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
-def apply_penalties(logits: torch.Tensor, history: torch.Tensor, config: SamplingConfig | RowSampling) -> torch.Tensor:
-    """history (B, N) ids already in the sequence (prompt + generated), -1 for padding."""
+def apply_penalties(logits: torch.Tensor, history: torch.Tensor, config: SamplingConfig | RowSampling,
+                    prompt_len: int | torch.Tensor | None = None) -> torch.Tensor:
+    """history (B, N) ids already in the sequence (prompt, then generated), -1 for padding.
+    prompt_len (an int or (B,)): how many leading columns of each row are prompt. The repetition
+    penalty looks at the whole history (CTRL, as transformers applies it); the presence and frequency
+    penalties at the generated tokens only (OpenAI's meaning, as vLLM applies them). None: all count."""
     if isinstance(config, SamplingConfig):
         config = RowSampling.for_rows([config], logits.device, generators=[None])
     if "penalty" not in config.uses:
         return logits
-    counts = torch.zeros_like(logits)
-    counts.scatter_add_(1, history.clamp(min=0), (history >= 0).to(logits.dtype))
-    seen = counts > 0
+    real = history >= 0
+    ids = history.clamp(min=0)
+    counts = torch.zeros_like(logits).scatter_add_(1, ids, real.to(logits.dtype))
+    generated = counts
+    if prompt_len is not None:
+        column = torch.arange(history.size(1), device=history.device)[None, :]
+        later = real & (column >= torch.as_tensor(prompt_len, device=history.device).reshape(-1, 1))
+        generated = torch.zeros_like(logits).scatter_add_(1, ids, later.to(logits.dtype))
     rep = config.repetition_penalty[:, None].to(logits.device)
     # CTRL's penalty (Keskar et al. 2019): shrink a seen token's logit towards "less likely".
     penalised = torch.where(logits > 0, logits / rep, logits * rep)
-    logits = torch.where(seen, penalised, logits)
-    logits = logits - config.frequency_penalty[:, None].to(logits.device) * counts
-    return logits - config.presence_penalty[:, None].to(logits.device) * seen
+    logits = torch.where(counts > 0, penalised, logits)
+    logits = logits - config.frequency_penalty[:, None].to(logits.device) * generated
+    return logits - config.presence_penalty[:, None].to(logits.device) * (generated > 0)
 
 
 def sample_next(logits: torch.Tensor, config: SamplingConfig | RowSampling, history: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                prompt_len: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, V) logits -> (next ids (B,), their log-probabilities under the final distribution (B,)).
 
     config: one SamplingConfig for every row (with `generator`), or per-row `RowSampling`."""
-    next_ids, logprobs = sample_distribution(logits, config, history, generator)
+    next_ids, logprobs = sample_distribution(logits, config, history, generator, prompt_len)
     return next_ids, logprobs.gather(-1, next_ids[:, None]).squeeze(1)
 
 
 def sample_distribution(logits: torch.Tensor, config: SamplingConfig | RowSampling,
-                        history: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        history: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                        prompt_len: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """As sample_next, but with the whole final distribution: (next ids (B,), log-probabilities (B, V)),
     after penalties, temperature and filters (OpenAI's top_logprobs are read from it)."""
     if isinstance(config, SamplingConfig):
         config = RowSampling.for_rows([config] * logits.size(0), logits.device, [generator] * logits.size(0))
     logits = logits.float()
     if history is not None:
-        logits = apply_penalties(logits, history, config)
+        logits = apply_penalties(logits, history, config, prompt_len)
     next_ids = logits.argmax(-1)
     logprobs = logits.log_softmax(-1)
     if "sample" in config.uses:

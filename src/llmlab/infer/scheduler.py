@@ -131,7 +131,9 @@ class Scheduler:
     def schedule(self) -> list[Chunk]:
         budget = self.config.max_step_tokens
         if self.config.policy == "prefill-first" and self.waiting and len(self.running) < self.config.max_batch:
-            plan = self._continue_prefills(budget)
+            # Prompts only, and never by preempting: a prompt that preempted the decodes holding the
+            # blocks would be preempted in turn, and the queue would never drain (a livelock).
+            plan = self._continue_prefills(budget, preempt=False)
             plan += self._admit(budget - sum(c.length for c in plan))
             if plan:
                 return [c for c in plan if c.sequence in self.running]
@@ -152,14 +154,14 @@ class Scheduler:
                 plan.append(Chunk(seq, seq.computed, 1))
         return plan
 
-    def _continue_prefills(self, budget: int) -> list[Chunk]:
+    def _continue_prefills(self, budget: int, preempt: bool = True) -> list[Chunk]:
         plan = []
         for seq in list(self.running):
             left = seq.num_tokens - 1 - seq.computed      # a sequence in its prefill, beyond its first chunk
             if budget <= 0 or left <= 0 or seq not in self.running:
                 continue
             length = min(left + 1, budget)
-            if self._grow(seq, seq.computed + length):
+            if self._grow(seq, seq.computed + length) if preempt else self._allocate_upto(seq, seq.computed + length):
                 plan.append(Chunk(seq, seq.computed, length))
                 budget -= length
         return plan

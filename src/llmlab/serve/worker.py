@@ -59,6 +59,7 @@ class _Submit:
     events: asyncio.Queue
     done: asyncio.Future
     ids: list[str] = field(default_factory=list)
+    sent: float = field(default_factory=time.perf_counter)   # TTFT, e2e and the timeout count from here
 
 
 class EngineWorker:
@@ -189,10 +190,10 @@ class EngineWorker:
                 error = APIError(500, f"internal error in the engine ({type(e).__name__}: {e})", "server_error")
             self._resolve(command, error)
             return
-        now = time.perf_counter()
-        deadline = now + self.request_timeout_s if self.request_timeout_s else None
+        sent = command.sent
+        deadline = sent + self.request_timeout_s if self.request_timeout_s else None
         for rid in ids:
-            self._active[rid] = _Active(command.loop, command.events, now, deadline)
+            self._active[rid] = _Active(command.loop, command.events, sent, deadline)
         self.active_count = len(self._active)
         command.ids = ids
         self._resolve(command, ids)
