@@ -21,6 +21,7 @@ max(4, C) for C clients; every row is also bounded by --row-timeout seconds. Fig
 Subjects (--subjects):
   ours      llmlab serve --model M (float32), continuous batching, --max-batch 64
   serial    the same with --max-batch 1: one request at a time
+  native    ours on the GGUF's own Q4_1 blocks (--native-gguf): llama.cpp's weight format, our kernels
   prefix    16 clients sharing a ~400-token system prompt, prefix cache on vs off
   hf        transformers serve --continuous-batching --device cpu on llmlab's HF export of M
             (`llmlab export M --to hf`), float32, --cb-num-blocks bounded (CPU default: 60% of RAM)
@@ -138,7 +139,7 @@ def ours(model: str, dtype: str, max_batch: int, num_blocks: int, prefix_cache: 
     port = free_port()
     command = [str(Path(sys.executable).with_name("llmlab")), "serve", "--model", model, "--dtype", dtype, "--port", str(port),
                "--max-batch", str(max_batch), "--num-blocks", str(num_blocks), "--log-level", "warning",
-               "--max-queue", "1024"] + ([] if prefix_cache else ["--no-prefix-cache"]) + (extra or [])
+               "--max-queue", "1024", "--request-timeout-s", "3600"] + ([] if prefix_cache else ["--no-prefix-cache"]) + (extra or [])
     return Server(name, command, port, "smollm2" if model == "smollm2" else Path(model).stem, {"ignore_eos": True})
 
 
@@ -187,6 +188,9 @@ async def one_request(client, server: Server, messages: list[dict], max_tokens: 
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
+                if chunk.get("error"):            # the server ended the stream early (timeout, shutdown)
+                    result.error = f"stream error: {chunk['error'].get('message', '')[:120]}"
+                    return result
                 if chunk.get("usage"):
                     result.tokens = chunk["usage"]["completion_tokens"]
                 for choice in chunk.get("choices") or []:
@@ -324,8 +328,10 @@ def plot(rows: list[dict], path: str) -> None:
             continue
         a.plot([r["clients"] for r in mine], [r["output_tok_s"] for r in mine], "o-", label=subject)
         b.plot([r["clients"] for r in mine], [r["ttft_p95"] for r in mine], "o-", label=subject)
+    ticks = sorted({r["clients"] for r in rows})
     for ax, title in ((a, "output tokens/s"), (b, "TTFT p95 (s)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("concurrent clients")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -352,7 +358,16 @@ def main() -> None:
     parser.add_argument("--step-sweep", action="store_true", help="only the decode-step-vs-batch table")
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--plot", help="write the throughput/TTFT plot here (PNG)")
+    parser.add_argument("--plot-from", nargs="+", metavar="JSON", help="only plot (to --plot) the rows of earlier "
+                        "--json files; a later file's row replaces an earlier one's of the same subject and clients")
     args = parser.parse_args()
+    if args.plot_from:
+        merged: dict = {}
+        for path in args.plot_from:
+            for row in json.loads(Path(path).read_text())["rows"]:
+                merged[(row["subject"], row["clients"])] = row
+        plot(list(merged.values()), args.plot or "serve.png")
+        return
     clients = [int(c) for c in args.clients.split(",")]
     subjects = args.subjects.split(",")
     print(f"# serving benchmark: {args.model} ({args.dtype}), {args.output_tokens} output tokens per request, "
@@ -366,6 +381,9 @@ def main() -> None:
         if "ours" in subjects:
             rows += measure(ours(args.model, args.dtype, args.max_batch, args.num_blocks), clients,
                             args.output_tokens, None, args.row_timeout, f"ours (max-batch {args.max_batch})")
+        if "native" in subjects:
+            rows += measure(ours(args.model, args.dtype, args.max_batch, args.num_blocks, extra=["--native-gguf"]),
+                            clients, args.output_tokens, None, args.row_timeout, "ours --native-gguf (Q4_1)")
         if "serial" in subjects:
             rows += measure(ours(args.model, args.dtype, 1, args.num_blocks, name="serial"), clients,
                             args.output_tokens, None, args.row_timeout, "ours (max-batch 1)")

@@ -38,13 +38,13 @@ from llmlab.infer.scheduler import Chunk, Scheduler, SchedulerConfig, Sequence
 
 @dataclass(frozen=True)
 class CostModel:
-    # Defaults measured by CostModel.measure(Engine.load("smollm2"), repeats=7): SmolLM2-135M fp32 on
-    # 2 threads of an AMD EPYC (torch 2.13, 2026-12-01, the machine shared: repeated fits moved ~20%).
-    # Decode is memory-bound: a step costs ~90 ms whatever its batch, and ~4 ms more per row.
-    step_overhead_s: float = 0.089
-    per_prefill_token_s: float = 0.0023
-    per_decode_seq_s: float = 0.0040
-    per_context_token_s: float = 0.000020
+    # Defaults measured by CostModel.measure(Engine.load("smollm2"), repeats=5): SmolLM2-135M fp32 on
+    # 2 threads of an AMD EPYC (torch 2.13, 2026-12-01, a quiet machine; fits on a shared one moved ~20%).
+    # Decode is memory-bound: a step costs ~96 ms whatever its batch, and ~5 ms more per row.
+    step_overhead_s: float = 0.096
+    per_prefill_token_s: float = 0.0022
+    per_decode_seq_s: float = 0.0049
+    per_context_token_s: float = 0.0000166
 
     def __call__(self, chunks: list[Chunk]) -> float:
         """Seconds one step of these chunks takes."""
