@@ -27,3 +27,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not present (shared test data lives beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def varied_model():
+    """varied_model(config) -> a random Transformer whose weights are large enough that greedy text
+    does not repeat one token: what engine and batching tests need to tell outputs apart."""
+    import torch
+
+    from llmlab.model.transformer import Transformer
+
+    def make(config, seed: int = 0):
+        torch.manual_seed(seed)
+        model = Transformer(config)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, 0.3)
+        return model.eval()
+
+    return make

@@ -7,26 +7,17 @@ import json
 import subprocess
 import sys
 
-import torch
-
 from llmlab.infer import Engine, SamplingConfig
 from llmlab.model.config import ModelConfig
 from llmlab.model.hf import save_hf_dir
-from llmlab.model.transformer import Transformer
 from llmlab.tokenizer.char import CharTokenizer
 
 ALPHABET = [chr(c) for c in range(32, 127)] + ["\n"]
 CONFIG = ModelConfig(vocab_size=len(ALPHABET), block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
 
 
-def test_prompts_file_equals_one_by_one(tmp_path):
-    torch.manual_seed(0)
-    model = Transformer(CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    save_hf_dir(model.state_dict(), CONFIG, CharTokenizer(ALPHABET), tmp_path / "model")
+def test_prompts_file_equals_one_by_one(tmp_path, varied_model):
+    save_hf_dir(varied_model(CONFIG).state_dict(), CONFIG, CharTokenizer(ALPHABET), tmp_path / "model")
     prompts = ["Once upon a time", "To be, or not", "x", "The rain in Spain falls"]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     proc = subprocess.run([sys.executable, "-m", "llmlab", "generate", "--model", str(tmp_path / "model"),

@@ -12,7 +12,6 @@ from llmlab.infer.block_manager import BlockManager, NoFreeBlocks
 from llmlab.infer.continuous import ContinuousEngine, QueueFull
 from llmlab.infer.scheduler import Scheduler, SchedulerConfig, Sequence
 from llmlab.model.config import ModelConfig
-from llmlab.model.transformer import Transformer
 from llmlab.tokenizer.char import CharTokenizer
 
 ALPHABET = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(" .,!?\n")
@@ -22,14 +21,8 @@ PROMPTS = ["hello there", "a", "the quick brown fox jumps over", "zz top", "lore
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    torch.manual_seed(0)
-    model = Transformer(CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)   # varied greedy text, not one repeated character
-    return Engine(model, CharTokenizer(ALPHABET), torch.device("cpu"), "tiny")
+def engine(varied_model) -> Engine:
+    return Engine(varied_model(CONFIG), CharTokenizer(ALPHABET), torch.device("cpu"), "tiny")
 
 
 @pytest.fixture(scope="module")

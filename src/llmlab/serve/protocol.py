@@ -360,20 +360,20 @@ def chat_chunk(id: str, created: int, model: str, index: int, delta: dict, finis
                logprobs: dict | None = None, include_usage: bool = False, extra: dict | None = None) -> dict:
     """One chat.completion.chunk. With include_usage every chunk carries "usage": null and a last
     chunk with no choices carries the totals (OpenAI's stream_options.include_usage)."""
-    chunk = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-             "system_fingerprint": None,
-             "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
-    if include_usage:
-        chunk["usage"] = None
-    if extra:
-        chunk["llmlab"] = extra
-    return chunk
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    return _chunk("chat.completion.chunk", id, created, model, choice, include_usage, extra)
 
 
 def completion_chunk(id: str, created: int, model: str, index: int, text: str, finish_reason: str | None = None,
                      logprobs: dict | None = None, include_usage: bool = False, extra: dict | None = None) -> dict:
-    chunk = {"id": id, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
-             "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+    return _chunk("text_completion", id, created, model, choice, include_usage, extra)
+
+
+def _chunk(kind: str, id: str, created: int, model: str, choice: dict, include_usage: bool,
+           extra: dict | None) -> dict:
+    chunk = {"id": id, "object": kind, "created": created, "model": model, "system_fingerprint": None,
+             "choices": [choice]}
     if include_usage:
         chunk["usage"] = None
     if extra:
