@@ -35,7 +35,7 @@ def load_adapter(model: torch.nn.Module, path: str | Path, base_source=None) -> 
         raise LLMLabError(f"--adapter {path}: this run holds whole model weights, not an adapter; load it with "
                           f"--model {path}")
     base = state.get("base", {})
-    if base_source is not None and base.get("sha256") and base_source.fingerprint() != base["sha256"]:
+    if base_source is not None and base.get("sha256") and base["sha256"] not in base_source.fingerprints():
         raise LLMLabError(f"--adapter {path} was trained on {base.get('spec')} (sha256 {base['sha256'][:12]}...), "
                           f"not on {base_source.spec}; load it with --model {base.get('spec')}")
     rebuild_adapter(model, state["adapter"], str(path / name))

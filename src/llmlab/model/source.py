@@ -52,6 +52,19 @@ class ModelSource:
                     digest.update(chunk)
         return digest.hexdigest()
 
+    def fingerprints(self) -> set[str]:
+        """The sha256 values an adapter's recorded base may have to fit this model: its own, and for
+        a quantized directory the one of the model it was quantized from (the adapter then runs on
+        that model's rounded weights, as LoRA adapters on GPTQ/AWQ bases do in vLLM)."""
+        import json
+
+        known = {self.fingerprint()}
+        if self.kind == "quantized":
+            source = json.loads((self.path / "config.json").read_text(encoding="utf-8")).get("source") or {}
+            if source.get("sha256"):
+                known.add(source["sha256"])
+        return known
+
     def as_dict(self, with_hash: bool = True) -> dict[str, Any]:
         out = {"spec": self.spec, "kind": self.kind, "path": str(self.path)}
         if with_hash:
