@@ -72,4 +72,3 @@ def test_a_head_with_its_own_weights_unties_and_round_trips():
         m.lm_head.weight.mul_(2.0)   # now they really differ: both must be saved
     rebuilt = Transformer.from_state_dict(m.config, m.state_dict())
     torch.testing.assert_close(rebuilt(ids)["logits"], m(ids)["logits"])
-
