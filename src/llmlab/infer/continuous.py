@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmlab.core.errors import LLMLabError
-from llmlab.infer.generate import Completion, Reply, StreamState, Timings
+from llmlab.infer.generate import Completion, Reply, Timings
 from llmlab.infer.paged_cache import PagedKVCache
 from llmlab.infer.sampling import RowSampling, SamplingConfig, sample_distribution
 from llmlab.infer.scheduler import Scheduler, SchedulerConfig, Sequence
@@ -112,10 +112,7 @@ class ContinuousEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.sequences:
             raise LLMLabError(f"request id {request_id!r} is already running")
-        stop_ids = set(config.stop_token_ids)
-        if not config.ignore_eos and self.tokenizer.eos_id is not None:
-            stop_ids.add(self.tokenizer.eos_id)
-        request = _Request(config, Reply(stop_ids, StreamState(list(config.stop)), config.max_new_tokens),
+        request = _Request(config, Reply.for_config(config, self.tokenizer.eos_id),
                            torch.Generator().manual_seed(config.seed) if config.seed is not None else None,
                            self.adapter_names.index(adapter) if adapter is not None else -1)
         seq = Sequence(request_id, list(prompt_ids), config.max_new_tokens, time.perf_counter(), adapter, request)
@@ -180,7 +177,7 @@ class ContinuousEngine:
             if not seq.output:
                 self.prefix_hit_tokens += seq.cached_tokens
             kept = len(reply.ids)
-            delta = reply.add(token, float(dist[row, token]), self._token_bytes(token))
+            delta = reply.add(token, float(dist[row, token]), self.tokenizer.decode_bytes([token]))
             added = len(reply.ids) > kept
             seq.output.append(token)
             self.generated_tokens += 1
@@ -196,11 +193,6 @@ class ContinuousEngine:
                 self.scheduler.finish(seq)
                 del self.sequences[seq.request_id]
         return events
-
-    def _token_bytes(self, token: int) -> bytes:
-        if hasattr(self.tokenizer, "decode_bytes"):
-            return self.tokenizer.decode_bytes([token])
-        return self.tokenizer.decode([token]).encode("utf-8")
 
     def stats(self) -> dict:
         blocks = self.scheduler.blocks

@@ -20,7 +20,7 @@ import torch
 
 from llmlab.core.device import pick_device, pick_dtype
 from llmlab.core.errors import LLMLabError
-from llmlab.infer.generate import Completion, Reply, StreamState, Timings, decode_steps
+from llmlab.infer.generate import Completion, Reply, Timings, decode_steps
 from llmlab.infer.sampling import SamplingConfig
 from llmlab.infer.speculative import SpeculativeConfig, SpeculativeStats, check_vocab, load_draft_model, speculative_steps
 from llmlab.model.source import ModelSource, load_model
@@ -93,17 +93,6 @@ class Engine:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def _stop_ids(self, config: SamplingConfig) -> set[int]:
-        ids = set(config.stop_token_ids)
-        if not config.ignore_eos and self.tokenizer.eos_id is not None:
-            ids.add(self.tokenizer.eos_id)
-        return ids
-
-    def _token_bytes(self, token: int) -> bytes:
-        if hasattr(self.tokenizer, "decode_bytes"):
-            return self.tokenizer.decode_bytes([token])
-        return self.tokenizer.decode([token]).encode("utf-8")
-
     def _render(self, messages: list[dict]) -> list[int]:
         if not hasattr(self.tokenizer, "apply_chat_template"):
             raise LLMLabError(f"the {self.tokenizer.kind} tokenizer of {self.name} has no chat template; "
@@ -151,7 +140,7 @@ class Engine:
         holds its counts (drafted, accepted, acceptance_rate, target_passes, tokens_per_pass)."""
         fit = overflow == "truncate" and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
         prompt_ids = self.encode_prompt(prompt, raw, config.max_new_tokens if fit else None)
-        reply = Reply(self._stop_ids(config), StreamState(list(config.stop)), config.max_new_tokens)
+        reply = Reply.for_config(config, self.tokenizer.eos_id)
         timings = self._timings(1, len(prompt_ids) + config.max_new_tokens)
         stats = None
         if self.speculative is not None:
@@ -162,7 +151,7 @@ class Engine:
             steps = decode_steps(self.model, [prompt_ids], config, overflow, timings, decode_fn=self.decode_fn)
         for step in steps:
             token = int(step.ids[0])
-            delta = reply.add(token, float(step.logprobs[0]), self._token_bytes(token))
+            delta = reply.add(token, float(step.logprobs[0]), self.tokenizer.decode_bytes([token]))
             if delta:
                 yield delta
             if reply.finish:

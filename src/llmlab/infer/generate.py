@@ -249,6 +249,15 @@ class Reply:
             return delta + self.state.finish()
         return delta
 
+    @classmethod
+    def for_config(cls, config: SamplingConfig, eos_id: int | None) -> "Reply":
+        """A reply that stops at the config's stop ids and strings, at EOS (unless ignore_eos), and
+        at max_new_tokens."""
+        stop_ids = set(config.stop_token_ids)
+        if not config.ignore_eos and eos_id is not None:
+            stop_ids.add(eos_id)
+        return cls(stop_ids, StreamState(list(config.stop)), config.max_new_tokens)
+
     def completion(self, prompt_tokens: int, with_logprobs: bool, timings: dict) -> Completion:
         return Completion(self.state.text, self.ids, self.finish or "length", prompt_tokens,
                           self.logprobs if with_logprobs else None, timings)

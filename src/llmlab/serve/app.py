@@ -261,7 +261,7 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
 
     def token_bytes(token: int) -> bytes:
         tok = engine.tokenizer
-        return tok.decode_bytes([token]) if hasattr(tok, "decode_bytes") else tok.decode([token]).encode("utf-8")
+        return tok.decode_bytes([token])
 
     async def _stream(req: P.GenerationRequest, response_id: str, when: int, choices: dict[str, Choice],
                       pending: set[str], events: asyncio.Queue):

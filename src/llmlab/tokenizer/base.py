@@ -44,6 +44,11 @@ class Tokenizer(ABC):
     def decode(self, ids: list[int]) -> str:
         ...
 
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        """The bytes these ids stand for. Byte-level tokenizers override it: one of their tokens may
+        hold part of a UTF-8 character, which streaming must not decode alone."""
+        return self.decode(ids).encode("utf-8")
+
     @property
     @abstractmethod
     def vocab_size(self) -> int:
