@@ -24,6 +24,7 @@ Subjects (--subjects):
   native    ours on the GGUF's own Q4_1 blocks (--native-gguf): llama.cpp's weight format, our kernels
   prefix    16 clients sharing a ~400-token system prompt, prefix cache on vs off
   hf        transformers serve --continuous-batching --device cpu on llmlab's HF export of M
+  hf-compile  the same rows, then again with transformers serve's --compile
             (`llmlab export M --to hf`), float32, --cb-num-blocks bounded (CPU default: 60% of RAM)
   llamacpp  llama-server -m M.gguf --parallel C (its own Q4_1 blocks, so not the same arithmetic as
             our float32 rows: see the note printed with it). `llama-server` is found on PATH or at
@@ -143,13 +144,14 @@ def ours(model: str, dtype: str, max_batch: int, num_blocks: int, prefix_cache: 
     return Server(name, command, port, "smollm2" if model == "smollm2" else Path(model).stem, {"ignore_eos": True})
 
 
-def transformers_server(hf_dir: Path, num_blocks: int) -> Server:
+def transformers_server(hf_dir: Path, num_blocks: int, compile: bool = False) -> Server:
     port = free_port()
     exe = str(Path(sys.executable).with_name("transformers"))
-    return Server("hf", [exe, "serve", "--continuous-batching", "--device", "cpu", "--dtype", "float32",
-                         "--cb-num-blocks", str(num_blocks), "--cb-block-size", "16", "--cb-max-batch-tokens", "256",
-                         "--host", "127.0.0.1", "--port", str(port),
-                         "--log-level", "warning", str(hf_dir)], port, str(hf_dir))
+    return Server("hf", [exe, "serve", "--continuous-batching", "--device", "cpu", "--dtype", "float32"]
+                  + (["--compile"] if compile else [])
+                  + ["--cb-num-blocks", str(num_blocks), "--cb-block-size", "16", "--cb-max-batch-tokens", "256",
+                     "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", str(hf_dir)],
+                  port, str(hf_dir))
 
 
 def llamacpp_server(gguf: Path, parallel: int, threads: int, context_per_slot: int) -> Server | None:
@@ -392,12 +394,13 @@ def main() -> None:
                 rows += measure(ours(args.model, args.dtype, args.max_batch, args.num_blocks, prefix_cache=on),
                                 [16], args.output_tokens, SYSTEM_400, args.row_timeout,
                                 f"ours 400-tok system, {'cache' if on else 'no cache'}")
-        if "hf" in subjects:
+        if "hf" in subjects or "hf-compile" in subjects:
             hf_dir = Path(tempfile.gettempdir()) / f"llmlab-bench-serve-hf-{Path(args.model).stem}"
             if not (hf_dir / "config.json").is_file():
                 subprocess.run([str(Path(sys.executable).with_name("llmlab")), "export", args.model, str(hf_dir), "--to", "hf"], check=True, stdout=subprocess.DEVNULL)
-            rows += measure(transformers_server(hf_dir, args.num_blocks), clients, args.output_tokens, None,
-                            args.row_timeout, "transformers serve --cb")
+            for compiled in (False, True) if "hf-compile" in subjects else (False,):
+                rows += measure(transformers_server(hf_dir, args.num_blocks, compiled), clients, args.output_tokens,
+                                None, args.row_timeout, "transformers serve --cb" + (" --compile" if compiled else ""))
         if "llamacpp" in subjects:
             from llmlab.model.source import resolve_source
             gguf = resolve_source(args.model).path
