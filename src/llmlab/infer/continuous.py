@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -60,7 +60,6 @@ class _Request:
     reply: Reply
     generator: torch.Generator | None
     adapter_index: int              # -1: the base model
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 class ContinuousEngine:
@@ -115,7 +114,7 @@ class ContinuousEngine:
         request = _Request(config, Reply.for_config(config, self.tokenizer.eos_id),
                            torch.Generator().manual_seed(config.seed) if config.seed is not None else None,
                            self.adapter_names.index(adapter) if adapter is not None else -1)
-        seq = Sequence(request_id, list(prompt_ids), config.max_new_tokens, time.perf_counter(), adapter, request)
+        seq = Sequence(request_id, list(prompt_ids), config.max_new_tokens, adapter, request)
         try:
             self.scheduler.add(seq)
         except ValueError as e:

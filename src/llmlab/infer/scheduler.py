@@ -15,7 +15,7 @@ arXiv:2308.16369) while the others keep decoding, instead of stalling them for i
 better time to first token, worse inter-token latency for everyone else.
 
 Memory is the other limit: KV blocks (llmlab.infer.block_manager). A decoding sequence whose next
-token starts a new block takes one; when none is free, the most recently arrived running sequence
+token starts a new block takes one; when none is free, the most recently admitted running sequence
 is preempted: its blocks go back to the pool and it rejoins the front of the queue, to be
 recomputed from its tokens later (vLLM's recompute preemption; cheaper than swapping to host memory
 for a small model, and it never fails a request).
@@ -74,7 +74,6 @@ class Sequence:
     request_id: str
     prompt: list[int]
     max_tokens: int
-    arrival: float = 0.0
     adapter: Any = None                  # part of every block hash: an adapter changes the keys
     payload: Any = None                  # the caller's per-request state (sampling, reply, ...)
     output: list[int] = field(default_factory=list)
@@ -113,7 +112,7 @@ class Scheduler:
         self.config = config
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_cache)
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []         # admitted, in arrival order
+        self.running: list[Sequence] = []         # in the order they were (last) admitted
         self.preemptions = 0
 
     def add(self, seq: Sequence) -> None:

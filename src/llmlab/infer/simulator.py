@@ -193,7 +193,7 @@ def simulate(config: SchedulerConfig, trace: list[Arrival], cost: CostModel | No
             if len(scheduler.waiting) >= config.max_queue:
                 continue                                     # refused, as a server answers 429
             try:
-                scheduler.add(Sequence(record.request_id, list(a.prompt), a.max_tokens, a.time, payload=record))
+                scheduler.add(Sequence(record.request_id, list(a.prompt), a.max_tokens, payload=record))
             except ValueError as e:
                 raise LLMLabError(f"{record.request_id}: {e}; give more num_blocks") from None
         if not scheduler.has_work():
