@@ -31,7 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "chat": ("llmlab.cli.chat", "chat with a pretrained model (default: SmolLM2-135M-Instruct)"),
     "generate": ("llmlab.cli.generate", "generate a completion for a prompt (plain text or --json)"),
     "quantize": ("llmlab.cli.quantize", "quantize a model's weights (int8, int4 RTN, GPTQ, AWQ, NF4) into a model directory"),
-    "eval": ("llmlab.cli.eval", "evaluate a model: perplexity, bits per byte, KL divergence vs a reference"),
+    "eval": ("llmlab.cli.eval", "evaluate a model: benchmarks (ARC, HellaSwag, MMLU, ...), perplexity, KL divergence vs a reference"),
     "export": ("llmlab.cli.export", "export a model to a Hugging Face directory, GGUF (F16/Q8_0/Q4_0/Q4_1) or PEFT"),
     "tokenizer": ("llmlab.cli.tokenizer", "train, inspect, convert tokenizers and encode text"),
     "serve": ("llmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API, with continuous batching and a chat page"),

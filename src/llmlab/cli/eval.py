@@ -31,8 +31,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Evaluate a model. `llmlab eval ppl` scores a text: perplexity, bits per byte, and with "
-                          "--reference the KL divergence and top-1 agreement against a reference model.")
+    parser.description = ("Evaluate a model. `llmlab eval run` scores benchmarks (ARC, HellaSwag, PIQA, WinoGrande, "
+                          "MMLU, GSM8K, ...) with lm-evaluation-harness's prompts and metrics; `llmlab eval compare` "
+                          "tests whether two results differ; `llmlab eval ppl` scores a text: perplexity, bits per "
+                          "byte, and with --reference the KL divergence and top-1 agreement against a reference model.")
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     p = sub.add_parser("ppl", help="perplexity and bits per byte of a text; KL divergence vs --reference",
                        formatter_class=_Help, description=(
@@ -57,13 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--model's weights")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from llmlab.cli.eval_tasks import add_compare_parser, add_run_parser
+    add_run_parser(sub, _Help)
+    add_compare_parser(sub, _Help)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "ppl":
         return run_ppl(args)
-    raise LLMLabError("say what to evaluate: `llmlab eval ppl --model MODEL --data wikitext-2` "
-                      "(see `llmlab eval ppl --help`)")
+    if args.command in ("run", "compare"):
+        from llmlab.cli.eval_tasks import run_compare, run_tasks
+        return run_tasks(args) if args.command == "run" else run_compare(args)
+    raise LLMLabError("say what to evaluate: `llmlab eval run --tasks core-lite` (benchmarks), `llmlab eval ppl "
+                      "--data wikitext-2` (perplexity) or `llmlab eval compare A.json B.json` (see `llmlab eval --help`)")
 
 
 def _check_flags(args: argparse.Namespace) -> None:

@@ -51,5 +51,13 @@ class Decontaminator:
             for text in _eval_texts(Path(f)):
                 self.ngrams |= _ngram_digests(text, n)
 
+    @classmethod
+    def from_texts(cls, texts: list[str], n: int = 13) -> "Decontaminator":
+        """The n-grams of texts given directly (e.g. a training corpus, to ask which eval items it holds)."""
+        index = cls([], n)
+        for text in texts:
+            index.ngrams |= _ngram_digests(text, n)
+        return index
+
     def contaminated(self, text: str) -> bool:
         return bool(self.ngrams) and not self.ngrams.isdisjoint(_ngram_digests(text, self.n))
