@@ -116,6 +116,7 @@ def test_contamination_finds_planted_items(model, tokenizer):
     train = ["long ago the quick brown fox jumps over the lazy dog while the farmer sleeps soundly in bed"]
     result = evaluate(model, tokenizer, [long_item], train_data=train, progress=False)
     assert result["contamination"]["toy_long"] == {"items": 1, "contaminated": 1, "ids": ["q"]}
+    assert result["items"]["toy_long"][0]["contaminated"] is True
 
 
 def test_results_carry_a_format_version_that_is_checked(model, tokenizer):

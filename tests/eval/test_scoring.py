@@ -85,11 +85,12 @@ def test_rolling_loglikelihood_scores_every_token_after_end_of_text(model, token
     ids = [tokenizer.eos_id] + tokenizer.encode(short)
     assert n_short == len(ids) - 1
     assert lp_short == pytest.approx(by_hand(model, ids, len(ids) - 1)[0], abs=1e-4)
-    ids = [tokenizer.eos_id] + tokenizer.encode(long)     # longer than the context: consecutive windows
-    block, want = model.config.block_size, 0.0
-    for start in range(0, len(ids) - 1, block):
-        window = ids[start:start + block + 1]
-        want += by_hand(model, window, len(window) - 1)[0]
+    ids = [tokenizer.eos_id] + tokenizer.encode(long)     # longer than the context: windows of block_size
+    block, want = model.config.block_size, 0.0            # predictions, the last one with a full context too
+    for first in range(1, len(ids), block):
+        last = min(first + block, len(ids))
+        window = ids[max(0, last - block - 1):last]
+        want += by_hand(model, window, last - first)[0]
     assert n_long == len(ids) - 1 and lp_long == pytest.approx(want, abs=1e-3)
 
 

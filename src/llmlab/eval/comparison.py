@@ -1,7 +1,7 @@
 """Two evaluation results side by side: is model B's score different from model A's, or is it noise?
 
 Per task and metric: A, B, B - A and a p-value. When both results hold per-item outcomes for the
-same items (same task, split, shots and seed), the test is paired: McNemar's exact test on the
+same items (same task, split and number of shots), the test is paired: McNemar's exact test on the
 items where exactly one model is right. Otherwise the two scores are treated as independent
 samples (a two-proportion z-test), which needs a much larger difference to be significant.
 """

@@ -82,15 +82,21 @@ def _score_generate(model, tokenizer, task, docs, device) -> tuple[dict, list[di
     items = []
     for doc, output in zip(docs, outputs):
         answer = task.extract(output) if task.extract else output
+        match = (metrics.exact_match(answer, doc.references) if task.answer_match == "normalized"
+                 else float(answer.strip().lower() in {r.strip().lower() for r in doc.references}))
         items.append({"id": doc.id, "output": output, "answer": answer, "references": list(doc.references),
-                      "exact_match": metrics.exact_match(answer, doc.references)})
+                      "exact_match": match})
     scores = [it["exact_match"] for it in items]
     return {"exact_match": metrics.mean(scores), "stderr": {"exact_match": metrics.mean_stderr(scores)},
             "chance": 0.0}, items
 
 
-def _contamination(docs, index) -> dict:
-    flagged = [d.id for d in docs if index.contaminated(d.answered())]
+def _contamination(docs, items: list[dict], index) -> dict:
+    """Flag each item (its rendered 0-shot prompt with the gold answer) that shares a 13-gram with the
+    training data, so scores can be split into contaminated and clean items."""
+    for doc, item in zip(docs, items):
+        item["contaminated"] = index.contaminated(doc.answered())
+    flagged = [it["id"] for it in items if it["contaminated"]]
     return {"items": len(docs), "contaminated": len(flagged), "ids": flagged[:50]}
 
 
@@ -139,7 +145,7 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks, *, shots: int = 0, split:
                         "seconds": round(time.perf_counter() - t0, 3)})
         out["tasks"][task.name], out["items"][task.name] = summary, items
         if index is not None:
-            out["contamination"][task.name] = _contamination(load_docs(task, task_split, limit), index)
+            out["contamination"][task.name] = _contamination(load_docs(task, task_split, limit), items, index)
     return out
 
 

@@ -5,8 +5,9 @@ Multiple choice (lm-eval's definitions, so the numbers compare with published on
     acc_norm       ... after dividing each choice's log-likelihood by its length in characters
                    (without the leading space that joins it to the prompt, as lm-eval counts it).
                    A sum of log-probabilities favours short answers: every extra token can only
-                   lower it. Per-character normalization removes most of that bias, and is what
-                   lm-eval's `acc_norm` and OLMES's `acc_per_char` report
+                   lower it. Per-character normalization removes most of that bias. (OLMES's
+                   `acc_per_char` counts the leading space too, so on short answers the two can
+                   rank choices differently.)
     acc_per_token  ... divided by its length in tokens instead (depends on the tokenizer, so it
                    does not compare across models with different vocabularies)
 

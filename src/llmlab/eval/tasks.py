@@ -76,6 +76,8 @@ class Task:
     licence: str = ""                 # the dataset's licence
     template: str = ""                # the prompt format in one line, and whose it is
     fewshot_sampler: str = "random"   # "random" (seeded per item) or "first_n" (the pool in order: MMLU)
+    answer_match: str = "normalized"  # generate: "normalized" (SQuAD: case, punctuation, articles) or "exact"
+                                      # (GSM8K: "-3" is not "3", so punctuation must count)
 
 
 def _make_task(spec: dict) -> Task:
