@@ -37,6 +37,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("llmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API, with continuous batching and a chat page"),
     "rag": ("llmlab.cli.rag", "index documents, search, answer with citations, evaluate retrieval"),
     "data": ("llmlab.cli.data", "curate raw text into clean, deduplicated, tokenized shards"),
+    "e2e": ("llmlab.cli.e2e", "raw built-in text to a report card: curate, BPE, pretrain, SFT, evaluate (cached, resumable)"),
 }
 
 
