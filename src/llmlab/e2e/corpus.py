@@ -37,7 +37,7 @@ DOMAINS = ("shakespeare", "pydocs", "python", "input")
 # (a third of the bytes, highly repetitive), IDLE/turtle demos, 2to3 fixers, the bundled pip
 # wheels, generated codec tables, and pydoc_data (the topics again, as one 700 KB string).
 SKIP_DIRS = frozenset({"test", "tests", "idle_test", "idlelib", "turtledemo", "lib2to3", "ensurepip", "site-packages",
-                       "dist-packages", "encodings", "pydoc_data", "__pycache__", "config-3.11-x86_64-linux-gnu"})
+                       "dist-packages", "encodings", "pydoc_data", "__pycache__"})
 _HEADING = re.compile(r"^#{2,4}\s")
 
 
@@ -114,6 +114,7 @@ def stdlib_files(max_files: int = 0, max_file_bytes: int = 0) -> list[Path]:
     root = stdlib_root()
     files = [p for p in root.rglob("*.py")
              if not SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
+             and not any(d.startswith("config-") for d in p.relative_to(root).parts[:-1])   # the build's config dir
              and (not max_file_bytes or p.stat().st_size <= max_file_bytes)]
     files.sort(key=lambda p: p.relative_to(root).as_posix())
     if max_files:

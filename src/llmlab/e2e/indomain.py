@@ -6,7 +6,7 @@ pretraining worked. These tasks ask what the corpus teaches, on text the model n
 held-out documents of llmlab.e2e.corpus, split off before tokenizer training and pretraining):
 
     shakespeare_next_line  3 lines of a held-out scene, then 4 candidate next lines: the true one and
-                           3 spoken lines drawn at random from other held-out scenes (chance 0.25)
+                           3 spoken lines drawn at random from the domain's held-out lines (chance 0.25)
     python_next_line       the same on held-out standard-library source (indentation kept)
 
 Both are multiple-choice `Task`s of llmlab.eval.tasks, so the harness scores them exactly as it

@@ -55,8 +55,8 @@ def _cpu_small() -> Recipe:
 
 
 def _gpu_1b() -> Recipe:
-    # Documented, never run here: a ~1.2B-parameter Llama (Llama-3.2-1B's shape with a 32k vocabulary)
-    # on one large GPU in bf16, 24,000 steps x 1M tokens = 24B tokens (20 per parameter, Chinchilla).
+    # Documented, never run here: a 1.04B-parameter Llama (Llama-3.2-1B's shape with a 32k vocabulary)
+    # on one large GPU in bf16, 24,000 steps x 1M tokens = 25B tokens (~24 per parameter; Chinchilla's ~20).
     # That is far beyond the built-in corpus (~4M tokens): bring a real corpus with --input. The BPE
     # is trained on its first 100 MB (the pure-Python trainer). The llmlab trainer is one process (no
     # DDP): on a cluster, run one recipe per GPU (e.g. the sweep's sizes), not one torchrun job.
