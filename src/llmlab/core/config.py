@@ -164,3 +164,17 @@ def get_preset(presets: dict[str, T], name: str, kind: str = "preset") -> T:
     if name not in presets:
         raise LLMLabError(f"unknown {kind} {name!r}; choose one of: {', '.join(presets)}")
     return presets[name]
+
+
+def read_toml(path, missing: str) -> dict:
+    """A TOML config file as a dict; a missing file or bad TOML is one LLMLabError (`missing` says
+    what to do instead when the file does not exist)."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LLMLabError(f"{path}: no such file; {missing}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise LLMLabError(f"{path} is not valid TOML: {e}") from None

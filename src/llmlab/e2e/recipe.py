@@ -25,14 +25,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.core.config import check, check_fields, config_from_dict, config_to_dict
+from llmlab.core.config import check, check_fields, config_from_dict, config_to_dict, read_toml
 from llmlab.core.errors import LLMLabError
 from llmlab.model.config import ModelConfig
 from llmlab.train.config import TrainConfig
@@ -328,13 +327,7 @@ def load_recipe(spec: str) -> Recipe:
     path = Path(spec)
     if path.suffix != ".toml":
         return preset(spec)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LLMLabError(f"--recipe {spec}: no such file; give a preset (tiny, cpu-small, gpu-1b) or a .toml "
-                          "file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise LLMLabError(f"--recipe {spec} is not valid TOML: {e}") from None
+    data = read_toml(path, "give --recipe a preset (tiny, cpu-small, gpu-1b) or a .toml file")
     base = data.pop("base", "cpu-small")
     recipe = preset(str(base))
     recipe = dataclasses.replace(recipe, name=str(data.pop("name", path.stem)))

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.core.config import config_from_dict
+from llmlab.core.config import config_from_dict, read_toml
 from llmlab.core.errors import LLMLabError
 from llmlab.data.curation.minhash import MinHashConfig
 from llmlab.data.curation.pii import PIIConfig
@@ -138,13 +137,7 @@ def config_from_mapping(data: dict, source: str = "config") -> PipelineConfig:
 
 def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LLMLabError(f"pipeline config {path} does not exist; write one (see `llmlab data run --help`) "
-                          "or use --recipe") from None
-    except tomllib.TOMLDecodeError as e:
-        raise LLMLabError(f"{path} is not valid TOML: {e}") from None
+    data = read_toml(path, "write a pipeline config (see `llmlab data run --help`) or use --recipe")
     cfg = config_from_mapping(data, str(path))
     # Relative paths in the file are relative to the file, so a config works from any directory.
     base = path.parent
