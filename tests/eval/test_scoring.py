@@ -97,3 +97,13 @@ def test_rolling_loglikelihood_scores_every_token_after_end_of_text(model, token
 def test_an_empty_continuation_is_refused(model, tokenizer):
     with pytest.raises(LLMLabError, match="empty continuation"):
         loglikelihoods(model, tokenizer, [Request("The cat", "")])
+
+
+def test_a_continuation_longer_than_the_context_scores_its_last_tokens(model, tokenizer):
+    long = Request("Answer:", " " + TEXT[:600])
+    ctx, cont = encode_pair(tokenizer, long.context, long.continuation)
+    assert len(cont) > model.config.block_size
+    result = loglikelihoods(model, tokenizer, [long])[0]
+    kept = (ctx + cont)[-(model.config.block_size + 1):]
+    want, _ = by_hand(model, kept, len(kept) - 1)
+    assert result.tokens == model.config.block_size and result.logprob == pytest.approx(want, abs=1e-4)

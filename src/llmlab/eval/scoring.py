@@ -89,7 +89,9 @@ class _Row:
 
 def _rows(encoded: list[tuple[list[int], list[int]]], block_size: int) -> list[_Row]:
     """Group requests by context; a group too long for the context window is split, and a single
-    request too long keeps its last block_size + 1 tokens (the context shrinks from the left)."""
+    request too long keeps its last block_size + 1 tokens (the context shrinks from the left). A
+    continuation longer than the window by itself (a long answer, a small model) is scored on its
+    last block_size tokens only, each with the continuation's own earlier tokens as context."""
     groups: dict[tuple[int, ...], _Row] = {}
     for i, (ctx, cont) in enumerate(encoded):
         if not cont:
@@ -103,11 +105,8 @@ def _rows(encoded: list[tuple[list[int], list[int]]], block_size: int) -> list[_
             continue
         for i, cont in row.branches:   # one request per row, truncated as lm-eval does
             whole = (row.context + cont)[-(block_size + 1):]
-            n_ctx = len(whole) - len(cont)
-            if n_ctx < 1:
-                raise LLMLabError(f"request {i}: its continuation alone is {len(cont)} tokens, more than the "
-                                  f"model's context of {block_size}")
-            rows.append(_Row(whole[:n_ctx], [(i, cont)]))
+            n_ctx = max(len(whole) - len(cont), 1)
+            rows.append(_Row(whole[:n_ctx], [(i, whole[n_ctx:])]))
     return rows
 
 
