@@ -62,7 +62,7 @@ def _list_tasks() -> str:
     shown = {n: t for n, t in TASKS.items() if not n.startswith("mmlu_")}
     width = max(map(len, shown))
     lines = ["tasks:"] + [f"  {n:<{width}}  {t.kind:<15} {t.default_split:<10} {t.template}" for n, t in shown.items()]
-    lines += ["  mmlu_<subject>  multiple_choice  test       57 subjects (suite `mmlu`)", "suites:"]
+    lines += [f"  {'mmlu_<subject>':<{width}}  {'multiple_choice':<15} {'test':<10} 57 subjects (suite `mmlu`)", "suites:"]
     lines += [f"  {n}: {', '.join(v) if len(v) < 12 else f'{len(v)} tasks'}" for n, v in SUITES.items()]
     return "\n".join(lines)
 
