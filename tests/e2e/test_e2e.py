@@ -1,6 +1,6 @@
 """`llmlab e2e`: the tiny recipe end to end, its cache, its resumes, the sweep, and bad input.
 
-One tiny run (module fixture, ~40 s) goes from raw built-in text to report.md through the real
+One tiny run (module fixture, ~35 s) goes from raw built-in text to report.md through the real
 curation pipeline, BPE trainer, pretraining and SFT loops and evaluation harness. The other slow
 tests work on copies of it (a copied OUT is still all cached: keys hold settings, not paths).
 The pipeline's cache rules are also checked on stand-in stages that take milliseconds, for every

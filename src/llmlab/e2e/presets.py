@@ -13,7 +13,7 @@ from llmlab.train.config import TrainConfig
 
 
 def _tiny() -> Recipe:
-    # For tests: every stage runs, on ~0.8 MB of text, in ~20 s on 2 cores (no reference model:
+    # For tests: every stage runs, on ~0.6 MB of text, in ~35 s on 2 cores (no reference model:
     # loading SmolLM2 alone takes ~6 s; the tests add it with --set eval.reference=smollm2).
     quick = dict(tensorboard=False, diag_every=0, log_every=5, sample_tokens=0, warmup_iters=5)
     return Recipe(
