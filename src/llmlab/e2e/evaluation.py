@@ -2,8 +2,9 @@
 
 Every model answers the same items: the recipe's benchmark tasks (llmlab.eval.harness.evaluate,
 the first `eval.limit` items each, `eval.shots` shots) and the in-domain tasks built here from the
-held-out split (llmlab.e2e.indomain; all `eval.indomain_items` of each, 0-shot). Each also gets held-out bits per byte per domain (llmlab.eval.perplexity,
-windows of our model's context, no overlap), and base and tuned a few greedy samples through
+held-out split (llmlab.e2e.indomain; all `eval.indomain_items` of each, 0-shot). Each also gets
+held-out bits per byte per domain (llmlab.eval.perplexity, windows of our model's context, no
+overlap: the reference model sees the same windows), and base and tuned a few greedy samples through
 llmlab.infer.Engine. The base model's run also reports contamination: how many eval items share
 a 13-gram with the training corpus (evaluate(train_data=...)).
 
