@@ -418,3 +418,14 @@ def test_sigterm_outside_a_trainer_stops_like_ctrl_c_and_leaves_the_stage_resuma
         Pipeline(Recipe("stand-in"), tmp_path, [stage]).run()
     assert read_stage(tmp_path / "work")["done"] is False
     assert signal.getsignal(signal.SIGTERM) is previous          # the handler is put back
+
+
+def test_sweep_point_keys_ignore_the_pretrain_fields_each_point_sets_itself():
+    from llmlab.e2e.sweep import sweep_stages
+
+    base = preset("tiny").with_overrides(["sweep.spec=model.n_layer=1,2"])
+    longer = base.with_overrides(["pretrain.max_steps=999"])
+    other_lr = base.with_overrides(["pretrain.lr=0.01"])
+    points = [s for s in sweep_stages(base) if s.name != "sweep"]
+    assert points and all(s.settings(base) == s.settings(longer) for s in points)
+    assert all(s.settings(base) != s.settings(other_lr) for s in points)

@@ -112,6 +112,11 @@ def heldout_loss(model, tokenizer, texts: dict[str, str], ctx: int) -> dict:
     return {"loss": nll / tokens, "bits_per_byte": nll / math.log(2) / n_bytes, "heldout_tokens": int(tokens)}
 
 
+# Pretraining fields each sweep point sets for itself (its step budget and the schedule around it):
+# left out of the point's key, so `--set pretrain.max_steps=...` does not retrain every size.
+POINT_OVERRIDES = ("max_iters", "lr_decay_iters", "max_time", "eval_every", "ckpt_every")
+
+
 def _run_point(name: str, value: int):
     def run(ctx: StageContext) -> dict:
         from llmlab.e2e.indomain import heldout_texts
@@ -168,7 +173,8 @@ def sweep_stages(recipe) -> list[Stage]:
     def settings(value: int):
         def material(r) -> dict:
             return {"model": without_runtime(config_to_dict(sweep_model(r, name, value))),
-                    "train": without_runtime(config_to_dict(r.pretrain)),
+                    "train": {k: v for k, v in without_runtime(config_to_dict(r.pretrain)).items()
+                              if k not in POINT_OVERRIDES},
                     "sweep": without_runtime({k: v for k, v in config_to_dict(r.sweep).items() if k != "spec"}),
                     "heldout_bytes": r.eval.bpb_bytes}
         return material
