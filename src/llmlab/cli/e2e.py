@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "skips finished stages, continues an interrupted one (training at the exact step), and redoes a stage whose "
         "settings changed together with every stage after it.")
     parser.add_argument("--recipe", metavar="NAME|FILE.toml", default=argparse.SUPPRESS,
-                        help="a preset: tiny (a test-sized run, under a minute), cpu-small (~40 min on 2 CPU cores), "
+                        help="a preset: tiny (a test-sized run, under a minute), cpu-small (~30 min on 2 CPU cores, measured), "
                              "gpu-1b (a 1.04B model for one large GPU; documented, bring a corpus); or a TOML file "
                              "with base = \"<preset>\" and [section] tables overriding its settings "
                              "(default: cpu-small)")

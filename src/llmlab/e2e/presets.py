@@ -1,4 +1,4 @@
-"""The named recipes: tiny (tests), cpu-small (two CPU cores, ~40 min), gpu-1b (documented only).
+"""The named recipes: tiny (tests), cpu-small (two CPU cores, ~30 min), gpu-1b (documented only).
 
 Timings in the comments were measured on the 2-core development machine (AMD EPYC, float32,
 2 torch threads, nothing else running). Each function builds a fresh Recipe, so callers may
@@ -32,13 +32,15 @@ def _tiny() -> Recipe:
 
 
 def _cpu_small() -> Recipe:
-    # ~40 min on 2 free CPU cores, measured per stage: curate ~1 min; tokenizer ~0.5 min (the whole
+    # Sized at ~40 min on 2 free CPU cores from short runs, per stage: curate ~1 min; tokenizer ~0.5 min (the whole
     # built-in corpus, ~13 MB = 3.7M tokens at vocab 4096); pretraining ~16 min (a 4.0M-parameter
     # Llama: GQA, RoPE, RMSNorm, SwiGLU, context 256; 1.35 s per step of 4,096 tokens, 700 steps =
     # 2.9M tokens); SFT ~2 min; eval ~20 min, of which SmolLM2 ~17 (3-5 items/s; cached, so a rerun
     # skips it) and our two models ~3 (~40 items/s). 500 items per benchmark and per in-domain task.
     # The sweep trains width-32 models (the 4096-token head and embedding dominate the cost at such
-    # sizes): --sweep model.n_layer=1,2,3 at 20 tokens/parameter is 76-302 steps per size, ~20 min.
+    # sizes): --sweep model.n_layer=1,2,3 at 20 tokens/parameter is 76-302 steps per size.
+    # Measured (AMD EPYC, 2 cores, with the sweep and eval.limit=300): 36 min in all; curate 32 s,
+    # tokenizer 20 s, sweep 6 min, pretrain 16.5 min, SFT 1.7 min, eval 11 min.
     quick = dict(tensorboard=False, diag_every=0, sample_tokens=0)
     return Recipe(
         "cpu-small",
