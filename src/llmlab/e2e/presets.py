@@ -32,8 +32,8 @@ def _tiny() -> Recipe:
 
 
 def _cpu_small() -> Recipe:
-    # Sized at ~40 min on 2 free CPU cores from short runs, per stage: curate ~1 min; tokenizer ~0.5 min (the whole
-    # built-in corpus, ~13 MB = 3.7M tokens at vocab 4096); pretraining ~16 min (a 4.0M-parameter
+    # Sized at ~40 min on 2 free CPU cores from short runs, per stage: curate ~1 min; tokenizer
+    # ~0.5 min (the whole built-in corpus, ~13 MB = 3.7M tokens at vocab 4096); pretraining ~16 min (a 4.0M-parameter
     # Llama: GQA, RoPE, RMSNorm, SwiGLU, context 256; 1.35 s per step of 4,096 tokens, 700 steps =
     # 2.9M tokens); SFT ~2 min; eval ~20 min, of which SmolLM2 ~17 (3-5 items/s; cached, so a rerun
     # skips it) and our two models ~3 (~40 items/s). 500 items per benchmark and per in-domain task.
