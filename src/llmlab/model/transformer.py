@@ -16,6 +16,7 @@ lm_head), so LoRA adapters and quantized layers can replace them by module name.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import torch
@@ -281,7 +282,7 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, kv_cache: KVCacheLike | None = None,
                 attn_mask: torch.Tensor | None = None, return_hidden_states: bool = False,
-                return_attention: bool = False, last_only: bool = False,
+                return_attention: bool | Collection[int] = False, last_only: bool = False,
                 logits_index: torch.Tensor | None = None, logits_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """idx (B, T) token ids -> {"logits": (B, T, V), "loss": scalar if targets, ...}.
 
@@ -296,8 +297,11 @@ class Transformer(nn.Module):
         logits_mask (B, T) bool: logits only where it is True, as (N, V) in row-major order. A
         fine-tuning loss needs them only at target tokens; with the prompt masked, that skips most
         of the head's FLOPs and its (B, T, V) float32 activations, the largest tensors of a step.
-        return_hidden_states: the residual stream entering each block, and the final normed one.
-        return_attention: each layer's (B, H, T, S) attention weights (computed by the explicit path).
+        return_hidden_states: the residual stream at every depth, (B, T, C) each: entering each block,
+        then leaving the last one (before final_norm), so logits = lm_head(final_norm(hidden[-1])).
+        return_attention: True, or the indices of the layers wanted: their (B, H, T, S) attention
+        weights, None for the others (computed by the explicit path, which materialises T x S
+        scores per head, so long prompts ask for a few layers only). Both off cost nothing.
         """
         B, T = idx.shape
         if positions is None:
@@ -313,17 +317,23 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[positions].view(-1, 1, T, self.rope_cos.size(-1)),
                     self.rope_sin[positions].view(-1, 1, T, self.rope_sin.size(-1)))
         x = F.dropout(x, self.config.dropout, self.training)
+        if isinstance(return_attention, bool):
+            attention_layers = range(len(self.blocks)) if return_attention else ()
+        else:
+            attention_layers = set(return_attention)
         hidden_states, attentions = [], []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if return_hidden_states:
                 hidden_states.append(x)
+            weigh = i in attention_layers
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, weights = torch.utils.checkpoint.checkpoint(block, x, rope, kv_cache, positions, attn_mask,
-                                                               return_attention, use_reentrant=False)
+                                                               weigh, use_reentrant=False)
             else:
-                x, weights = block(x, rope, kv_cache, positions, attn_mask, return_attention)
-            if return_attention:
-                attentions.append(weights)
+                x, weights = block(x, rope, kv_cache, positions, attn_mask, weigh)
+            attentions.append(weights)
+        if return_hidden_states:
+            hidden_states.append(x)
         x = self.final_norm(x)
         if logits_mask is not None:
             head_input = x[logits_mask]                                                # (N, C)
@@ -333,8 +343,8 @@ class Transformer(nn.Module):
             head_input = x[:, -1:] if last_only else x
         out: dict[str, Any] = {"logits": self.lm_head(head_input)}
         if return_hidden_states:
-            out["hidden_states"] = hidden_states + [x]
-        if return_attention:
+            out["hidden_states"] = hidden_states
+        if return_attention is not False:
             out["attentions"] = attentions
         if targets is not None:
             logits = out["logits"]
