@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmlab.core.errors import LLMLabError
-from llmlab.inspect.heads import head_scores, plot_scores, probe_tokens, ranked, token_pool
+from llmlab.inspect.heads import copy_loss, head_scores, plot_scores, probe_tokens, ranked, token_pool
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
 from llmlab.tokenizer.char import CharTokenizer
@@ -64,6 +64,15 @@ def test_induction_head_is_found_after_training_and_not_at_init(tmp_path):
     previous = head_scores(model, TOKENIZER, "previous-token", length=14)
     assert float(previous[0].max()) > 0.5                       # ... that layer's previous-token head
     assert plot_scores(scores, "induction", tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
+    # the causal check: removing that head breaks copying, removing the other head of its layer far less
+    other = 1 - best["index"]
+    intact = copy_loss(model, TOKENIZER, length=14)
+    without_best = copy_loss(model, TOKENIZER, {1: [best["index"]]}, length=14)
+    without_other = copy_loss(model, TOKENIZER, {1: [other]}, length=14)
+    assert intact < 0.5 and without_best > intact + 1.0 and without_best > 2 * without_other
+    # and removing the previous-token head it composes with breaks copying too (Elhage et al. 2021)
+    previous_head = int(previous[0].argmax())
+    assert copy_loss(model, TOKENIZER, {0: [previous_head]}, length=14) > intact + 1.0
 
 
 def test_bad_probe_is_a_clear_error():

@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--batch", type=int, default=4, help="probe sequences averaged over")
     h.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
     h.add_argument("--top", type=int, default=10, help="heads listed")
+    h.add_argument("--ablate-top", type=int, default=0, metavar="K",
+                   help="the causal check: the probe's loss on the second copy intact, with the K best heads "
+                        "ablated, and with K other heads (three random draws) ablated")
     b = p["ablate"]
     b.add_argument("--head", help="heads to ablate together, LAYER.HEAD, comma-separated (e.g. 12.3,5.0)")
     b.add_argument("--scan", action="store_true", help="ablate every head alone and rank them by the change "

@@ -134,16 +134,36 @@ def activations(args: argparse.Namespace, model, tokenizer, text: str, out: Path
 
 
 def heads(args: argparse.Namespace, model, tokenizer, text, out: Path):
-    from llmlab.inspect.heads import head_scores, plot_scores, ranked
+    import random
 
-    scores = head_scores(model, tokenizer, args.task, length=args.length, batch=args.batch, seed=args.seed)
+    from llmlab.inspect.heads import copy_loss, head_scores, plot_scores, ranked
+
+    probe = dict(length=args.length, batch=args.batch, seed=args.seed)
+    scores = head_scores(model, tokenizer, args.task, **probe)
     files = [str(plot_scores(scores, args.task, out / f"heads-{args.task}.png"))]
     best = ranked(scores)
     lines = [f"{args.task} score of every head ({scores.numel()} heads; mean {float(scores.mean()):.3f}); the best:"]
     lines += [f"  {b['head']:>6}  {b['score']:.3f}" for b in best[:args.top]]
-    return {"task": args.task, "length": args.length, "batch": args.batch, "seed": args.seed,
-            "scores": [[round(float(v), 4) for v in row] for row in scores], "ranked": best, "files": files}, \
-        "\n".join(lines)
+    result = {"task": args.task, **probe, "scores": [[round(float(v), 4) for v in row] for row in scores],
+              "ranked": best, "files": files}
+    if args.ablate_top:
+        def as_heads(chosen):
+            heads: dict[int, list[int]] = {}
+            for b in chosen:
+                heads.setdefault(b["layer"], []).append(b["index"])
+            return heads
+        k = min(args.ablate_top, len(best) - 1)
+        others = best[k:]
+        controls = [random.Random(args.seed + draw).sample(others, k) for draw in range(3)]
+        check = {"k": k, "intact": copy_loss(model, tokenizer, **probe),
+                 "top_ablated": copy_loss(model, tokenizer, as_heads(best[:k]), **probe),
+                 "random_ablated": [copy_loss(model, tokenizer, as_heads(c), **probe) for c in controls],
+                 "random_heads": [[b["head"] for b in c] for c in controls]}
+        result["ablation"] = check
+        lines.append(f"loss on the repeated copy (nats/token): intact {check['intact']:.3f}; the top {k} heads "
+                     f"ablated {check['top_ablated']:.3f}; {k} other heads ablated "
+                     + ", ".join(f"{v:.3f}" for v in check["random_ablated"]) + " (three random draws)")
+    return result, "\n".join(lines)
 
 
 def ablate(args: argparse.Namespace, model, tokenizer, text: str, out: Path):

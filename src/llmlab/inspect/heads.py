@@ -12,6 +12,11 @@
 Random tokens make the probe fair: nothing in them can be predicted except by copying, so a head
 that scores high does it for that reason (the score is the attention mass on one key, from 0 to 1).
 A random model scores about 1/(t+1) per query, i.e. a few percent.
+
+    head_scores(model, tokenizer, probe)   (L, H) scores
+    copy_loss(model, tokenizer, heads)     the loss on the second copy with `heads` ablated: does
+                                           removing the top-scoring heads break copying, and removing
+                                           as many others not?
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from llmlab.core.errors import LLMLabError
 from llmlab.inspect import plots
+from llmlab.inspect.trace import ablated_heads
 
 PROBES = ("induction", "previous-token")
 
@@ -49,24 +56,28 @@ def token_pool(tokenizer, vocab_size: int) -> list[int]:
     return [i for i in range(vocab_size) if i not in special]
 
 
-@torch.no_grad()
-def head_scores(model: nn.Module, tokenizer, probe: str = "induction", length: int = 50, batch: int = 4,
-                seed: int = 0) -> torch.Tensor:
-    """(L, H) scores in [0, 1] of every head on `probe`."""
-    if probe not in PROBES:
-        raise LLMLabError(f"--task {probe!r}: the probes are {', '.join(PROBES)}")
+def probe_batch(model: nn.Module, tokenizer, length: int, batch: int, seed: int) -> tuple[torch.Tensor, int, int]:
+    """(ids (batch, T) on the model's device, the copy length that fits block_size, the BOS offset)."""
     bos = tokenizer.bos_id if tokenizer.add_bos else None
     block_size = model.config.block_size
     length = min(length, (block_size - (bos is not None)) // 2)
     if length < 2:
         raise LLMLabError(f"--length: the model's block_size {block_size} leaves no room for a repeated sequence")
     ids = probe_tokens(token_pool(tokenizer, model.config.vocab_size), length, batch, seed, bos)
-    offset = int(bos is not None)
-    device = next(model.parameters()).device
+    return ids.to(next(model.parameters()).device), length, int(bos is not None)
+
+
+@torch.no_grad()
+def head_scores(model: nn.Module, tokenizer, probe: str = "induction", length: int = 50, batch: int = 4,
+                seed: int = 0) -> torch.Tensor:
+    """(L, H) scores in [0, 1] of every head on `probe`."""
+    if probe not in PROBES:
+        raise LLMLabError(f"--task {probe!r}: the probes are {', '.join(PROBES)}")
+    ids, length, offset = probe_batch(model, tokenizer, length, batch, seed)
     was_training = model.training
     model.eval()
     try:
-        attentions = model(ids.to(device), return_attention=True, last_only=True)["attentions"]
+        attentions = model(ids, return_attention=True, last_only=True)["attentions"]
     finally:
         model.train(was_training)
     if probe == "induction":
@@ -77,6 +88,27 @@ def head_scores(model: nn.Module, tokenizer, probe: str = "induction", length: i
         keys = queries - 1
     # each layer's weights (B, H, T, T) -> the mass on the key that answers the probe, averaged
     return torch.stack([w[:, :, queries, keys].float().mean(dim=(0, 2)).cpu() for w in attentions])
+
+
+@torch.no_grad()
+def copy_loss(model: nn.Module, tokenizer, heads: dict[int, list[int]] | None = None, length: int = 50,
+              batch: int = 4, seed: int = 0, mode: str = "zero") -> float:
+    """Mean loss (nats) on the second copy of the probe sequences, r_2 .. r_n, with `heads` ablated:
+    the causal check of the induction story. Intact, a model that copies in context predicts these
+    nearly for free; if the heads the probe ranked highest are what does the copying, ablating them
+    should raise this loss far more than ablating as many other heads (Olsson et al. 2022, sec. 5)."""
+    ids, length, offset = probe_batch(model, tokenizer, length, batch, seed)
+    targets = torch.full_like(ids, -100)
+    second = slice(offset + length + 1, offset + 2 * length)
+    targets[:, second] = ids[:, second]
+    was_training = model.training
+    model.eval()
+    try:
+        with ablated_heads(model, heads or {}, mode):
+            logits = model(ids)["logits"]
+    finally:
+        model.train(was_training)
+    return float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets[:, 1:].flatten(), ignore_index=-100))
 
 
 def ranked(scores: torch.Tensor, top: int | None = None) -> list[dict]:
