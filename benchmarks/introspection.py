@@ -6,7 +6,7 @@
 Ours: `load_model("smollm2")` (the Q4_1 GGUF dequantized to float32). The peer: transformers'
 LlamaForCausalLM on the same weights (exported with `llmlab export smollm2 --to hf`), whose
 `output_attentions=True` needs its eager attention (SDPA cannot return the weights), which is also
-what TransformerLens-style tools read. Rows, each the median of --repeats forward passes:
+what TransformerLens-style tools read. Rows, each the median of --repeats forward passes, timed round-robin:
     plain                 our forward as every other command runs it (SDPA)
     plain, after probes   the same, after a trace, an ablation and a recording have come and gone:
                           the hooks-off case, which must cost nothing
@@ -34,21 +34,28 @@ from _machine import describe
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="128,512", help="prompt lengths in tokens, comma-separated")
-    p.add_argument("--repeats", type=int, default=5, help="timed forward passes per row (the median is shown)")
+    p.add_argument("--repeats", type=int, default=7, help="timed forward passes per row (the median is shown)")
     p.add_argument("--hf-dir", type=Path, help="the Hugging Face export (kept, reused when present); default: temp")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for both sides")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p.parse_args(argv)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()                                    # warm-up: allocator, oneDNN primitives
-    times = []
+def interleaved_medians(configs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per config, timed round-robin (one pass of each per round) so that drift in
+    the machine's load, which 2 shared cores have plenty of, falls on every row alike. A config is
+    (setup, timed): setup runs untimed right before each timed call."""
+    for setup, timed in configs.values():      # warm-up: allocator, oneDNN primitives
+        setup()
+        timed()
+    times: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, (setup, timed) in configs.items():
+            setup()
+            t0 = time.perf_counter()
+            timed()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,20 +83,26 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for length in (int(v) for v in args.lengths.split(",")):
         ids = torch.tensor([all_ids[:length]])
-        with torch.no_grad():
-            plain = median_seconds(lambda: model(ids), args.repeats)
+
+        def nothing():
+            pass
+
+        def probe_session():               # a trace, an ablation and a recording come and go
             trace(model, ids[0].tolist(), attention_layers=[0, 15, 29], mlp=True)
             with ablated_heads(model, {3: [1]}), recording_inputs(model, ["blocks.0.attn.wo"]):
                 model(ids)
-            after = median_seconds(lambda: model(ids), args.repeats)
-            residual = median_seconds(lambda: model(ids, return_hidden_states=True), args.repeats)
-            three = median_seconds(lambda: model(ids, return_hidden_states=True, return_attention=[0, 15, 29]),
-                                   args.repeats)
-            everything = median_seconds(lambda: model(ids, return_hidden_states=True, return_attention=True),
-                                        args.repeats)
-            hf_fwd = median_seconds(lambda: hf_plain(ids), args.repeats)
-            hf_out = median_seconds(lambda: hf_eager(ids, output_attentions=True, output_hidden_states=True),
-                                    args.repeats)
+
+        with torch.no_grad():
+            t = interleaved_medians({
+                "plain": (nothing, lambda: model(ids)),
+                "after_probes": (probe_session, lambda: model(ids)),
+                "residual": (nothing, lambda: model(ids, return_hidden_states=True)),
+                "three": (nothing, lambda: model(ids, return_hidden_states=True, return_attention=[0, 15, 29])),
+                "everything": (nothing, lambda: model(ids, return_hidden_states=True, return_attention=True)),
+                "hf_plain": (nothing, lambda: hf_plain(ids)),
+                "hf_outputs": (nothing, lambda: hf_eager(ids, output_attentions=True, output_hidden_states=True)),
+            }, args.repeats)
+            plain, after, residual, three, everything, hf_fwd, hf_out = t.values()
             ours = model(ids, return_hidden_states=True, return_attention=True)
             ref = hf_eager(ids, output_attentions=True, output_hidden_states=True)
         attention_diff = max(float((a[0] - b[0]).abs().max()) for a, b in zip(ours["attentions"], ref.attentions))
@@ -113,8 +126,8 @@ def print_tables(result: dict) -> None:
         print(f"\nprompt of {row['tokens']} tokens          ms    x ours plain")
         for label, key in names:
             print(f"  {label:<24} {1000 * row[key]:8.1f}  {row[key] / row['plain_s']:6.2f}")
-        print(f"  ours + everything vs HF eager + outputs: {row['hf_eager_outputs_s'] / row['everything_s']:.2f}x "
-              f"faster; max |attention diff| {row['max_attention_diff']:.1e}, "
+        print(f"  HF eager + outputs / ours + everything: {row['hf_eager_outputs_s'] / row['everything_s']:.2f} "
+              f"(above 1: ours is faster); max |attention diff| {row['max_attention_diff']:.1e}, "
               f"max relative hidden-state diff {row['max_hidden_rel_diff']:.1e}")
 
 

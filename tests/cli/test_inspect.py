@@ -93,6 +93,7 @@ def test_plain_output_is_a_readable_report(run_dir, tmp_path, capsys):
     (["logit-lens", "--prompt", "ROMEO", "--target", "ab"], "give one token"),
     (["logit-lens", "--prompt", "ROMEO~"], "--prompt"),
     (["ablate", "--prompt", "ROMEO"], "--head LAYER.HEAD"),
+    (["ablate", "--prompt", "ROMEO", "--head", "0.1", "--chat"], "no chat template"),
     (["ablate", "--prompt", "ROMEO", "--head", "0.9"], "heads 0..1"),
     (["embeddings", "--tokens", "R"], "--tokens"),
     (["surprise", "--text", "ROMEO", "--window", "1000"], "--window"),

@@ -42,6 +42,15 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in a sub-command's help, except the empty ones ("(default: None)" says nothing)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as one short paragraph: argparse prints the whole usage block
     first (30 lines for `train`), which buries the one line that says what was wrong."""

@@ -16,18 +16,10 @@ import json
 import sys
 import time
 
+from llmlab.cli import DefaultsHelp
 from llmlab.core.errors import LLMLabError
 
 DATA = ("wikitext-2", "shakespeare", "shakespeare-tiny", "tinyshakespeare", "pydocs")
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except the empty ones ("(default: None)" says nothing)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "byte, and with --reference the KL divergence and top-1 agreement against a reference model.")
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     p = sub.add_parser("ppl", help="perplexity and bits per byte of a text; KL divergence vs --reference",
-                       formatter_class=_Help, description=(
+                       formatter_class=DefaultsHelp, description=(
                            "Score a text with a model over sliding windows of --ctx tokens every --stride tokens "
                            "(each token is scored once). With --reference, both models see the same windows and "
                            "each scored position also gives KL(reference || model) and whether their top "
@@ -60,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--model's weights")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     from llmlab.cli.eval_tasks import add_compare_parser, add_run_parser
-    add_run_parser(sub, _Help)
-    add_compare_parser(sub, _Help)
+    add_run_parser(sub, DefaultsHelp)
+    add_compare_parser(sub, DefaultsHelp)
 
 
 def run(args: argparse.Namespace) -> int:

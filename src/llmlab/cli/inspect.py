@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from llmlab.cli import DefaultsHelp
 from llmlab.core.errors import LLMLabError
 
 COMMANDS = {
@@ -29,13 +30,6 @@ COMMANDS = {
     "ablate": "zero (or mean-) ablate heads and show how the next-token distribution changes",
     "embeddings": "a 2-D PCA projection of chosen tokens' embeddings, and their nearest neighbours",
 }
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,6 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _prompt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="the text to run through the model")
     p.add_argument("--prompt-file", metavar="PATH", help="read the prompt from this UTF-8 file instead")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat "
+                                                       "template, ending where the reply starts")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "a head changes, and how its embeddings lie. Every command prints a table (or --json) and "
                           "writes pictures to --out. Chapter 10 of the guide reads each picture on SmolLM2.")
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
-    p = {name: sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", formatter_class=_Help)
+    p = {name: sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              formatter_class=DefaultsHelp)
          for name, text in COMMANDS.items()}
     for name, sp in p.items():
         _common(sp)

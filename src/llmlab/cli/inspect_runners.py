@@ -10,11 +10,11 @@ from pathlib import Path
 from llmlab.core.errors import LLMLabError
 
 
-def _encode(tokenizer, text: str, flag: str) -> list[int]:
+def _encode(tokenizer, text: str, flag: str, chat: bool = False) -> list[int]:
     from llmlab.inspect.trace import encode_prompt
 
     try:
-        return encode_prompt(tokenizer, text)
+        return encode_prompt(tokenizer, text, chat)
     except LLMLabError as e:   # e.g. a character tokenizer meeting a character it never saw
         raise LLMLabError(f"--{flag}: {e}") from None
 
@@ -37,7 +37,7 @@ def attention(args: argparse.Namespace, model, tokenizer, text: str, out: Path):
 
     n = len(model.blocks)
     layers = _int_list(args.layers, "--layers") if args.layers else sorted({0, n // 2, n - 1})
-    ids = _encode(tokenizer, text, "prompt")
+    ids = _encode(tokenizer, text, "prompt", args.chat)
     tr = trace(model, ids, attention_layers=layers)
     tokens = _tokens(tokenizer, ids)
     files = [str(p) for p in plot_attention(tr, tokens, out)]
@@ -55,7 +55,7 @@ def logit_lens(args: argparse.Namespace, model, tokenizer, text: str, out: Path)
     from llmlab.inspect.lens import format_table, logit_lens as lens, plot_lens, to_json
     from llmlab.inspect.trace import token_text, trace
 
-    ids = _encode(tokenizer, text, "prompt")
+    ids = _encode(tokenizer, text, "prompt", args.chat)
     target = None
     if args.target is not None:
         target_ids = tokenizer.encode(args.target)
@@ -114,7 +114,7 @@ def surprise(args: argparse.Namespace, model, tokenizer, text: str, out: Path):
 def activations(args: argparse.Namespace, model, tokenizer, text: str, out: Path):
     from llmlab.inspect.activations import activation_stats, plot_activations
 
-    ids = _encode(tokenizer, text, "prompt")
+    ids = _encode(tokenizer, text, "prompt", args.chat)
     stats = activation_stats(model, ids, threshold=args.threshold, bins=args.bins, tokenizer=tokenizer)
     files = [str(p) for p in plot_activations(stats, out)]
     lines = ["layer  mean |residual|   MLP hidden: std   kurtosis  near zero"]
@@ -171,7 +171,7 @@ def ablate(args: argparse.Namespace, model, tokenizer, text: str, out: Path):
     from llmlab.inspect.heads import ranked
     from llmlab.inspect.trace import parse_heads
 
-    ids = _encode(tokenizer, text, "prompt")
+    ids = _encode(tokenizer, text, "prompt", args.chat)
     result, lines, files = {}, [], []
     if args.head:
         effect = probe.ablation_effect(model, tokenizer, ids, parse_heads(args.head, model), args.mode, args.top_k)

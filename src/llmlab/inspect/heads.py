@@ -11,7 +11,7 @@
 
 Random tokens make the probe fair: nothing in them can be predicted except by copying, so a head
 that scores high does it for that reason (the score is the attention mass on one key, from 0 to 1).
-A random model scores about 1/(t+1) per query, i.e. a few percent.
+A uniform head scores about 1/(t+1) per query: 0.01 to 0.02 at the default length of 50.
 
     head_scores(model, tokenizer, probe)   (L, H) scores
     copy_loss(model, tokenizer, heads)     the loss on the second copy with `heads` ablated: does

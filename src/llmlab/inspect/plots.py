@@ -18,11 +18,16 @@ DPI = 110
 
 def figure(rows: int = 1, cols: int = 1, cell: tuple[float, float] = (4.0, 3.5), **kwargs: Any):
     """(fig, axes as a flat list). matplotlib is imported here, so `llmlab inspect --help` stays fast."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # A token from another script (CJK, emoji) may lack a glyph in the default font: it shows as a
+    # box, which is fine for a label, and the warning per glyph would bury the command's output.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")
     fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False, **kwargs)
     return fig, [ax for row in axes for ax in row]
 

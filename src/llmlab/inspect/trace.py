@@ -141,11 +141,18 @@ def trace(model: nn.Module, ids: list[int], attention_layers: Iterable[int] = ()
                  mlp_hidden={i: seen[f"blocks.{i}.mlp.w_down"][0].float() for i in range(len(model.blocks))} if mlp else {})
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """The ids a model sees for `text`: with the BOS its tokenizer says the model expects."""
+def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
+    """The ids a model sees for `text`: with the BOS its tokenizer says the model expects, or with
+    chat=True as one user message in the model's chat template, up to where the reply would start
+    (what an instruct model sees in `llmlab chat`; the template holds its own BOS)."""
     if not text:
         raise LLMLabError("the prompt is empty: give some text to look at (--prompt or --text-file)")
-    return tokenizer.encode(text, add_special=True)
+    if not chat:
+        return tokenizer.encode(text, add_special=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise LLMLabError("--chat: this model's tokenizer has no chat template; drop --chat to look at the raw text")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    return tokenizer.encode(rendered, allowed_special=True)
 
 
 def token_text(tokenizer, token_id: int) -> str:
