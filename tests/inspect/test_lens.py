@@ -75,3 +75,13 @@ def test_json_has_one_entry_per_layer_ending_with_the_output(tmp_path):
     assert top[0]["prob"] >= top[1]["prob"]
     path = plot_lens(result, TOKENIZER, tmp_path / "lens.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reading_the_last_positions_only_gives_the_same_numbers_there():
+    model = model_for(ModelConfig(vocab_size=26, block_size=24, n_layer=2, n_head=2, n_embd=16))
+    tr = trace(model, torch.randint(0, 26, (11,)).tolist())
+    full, last = logit_lens(model, tr, TOKENIZER), logit_lens(model, tr, TOKENIZER, positions=4)
+    assert last.start == 7 and len(last.tokens) == 4 and full.start == 0
+    assert [row[7:] for row in full.next_rank] == last.next_rank
+    assert [row[7:] for row in full.top1] == last.top1
+    assert (full.top, full.target_rank) == (last.top, last.target_rank)

@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p["logit-lens"].add_argument("--target", help="the token to follow at the last position, as text (e.g. ' Rome', "
                                                   "with its leading space); default: the model's own top-1")
     p["logit-lens"].add_argument("--top-k", type=int, default=5, help="top tokens listed per layer")
+    p["logit-lens"].add_argument("--positions", type=int, default=48,
+                                 help="read the last N positions of the prompt for the heatmap (0: all; the "
+                                      "read-out costs a vocabulary projection per layer and position)")
     p["logit-lens"].add_argument("--every", type=int, default=1, help="print every N-th layer in the table "
                                                                      "(the embedding and the output always)")
     s = p["surprise"]
@@ -161,5 +164,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise LLMLabError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    if getattr(args, "positions", 0) < 0:
+        raise LLMLabError(f"--positions {args.positions}: give 0 (every position) or a positive count")
     if args.command == "ablate" and not args.head and not args.scan:
         raise LLMLabError("say which heads: --head LAYER.HEAD (e.g. 12.3), or --scan to try every head")

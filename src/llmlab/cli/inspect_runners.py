@@ -64,7 +64,8 @@ def logit_lens(args: argparse.Namespace, model, tokenizer, text: str, out: Path)
                               f"({', '.join(repr(token_text(tokenizer, i)) for i in target_ids)}): give one token, "
                               "usually with its leading space, e.g. ' Rome'")
         target = target_ids[0]
-    result = lens(model, trace(model, ids), tokenizer, target=target, top_k=args.top_k)
+    result = lens(model, trace(model, ids), tokenizer, target=target, top_k=args.top_k,
+                  positions=args.positions or None)
     files = [str(plot_lens(result, tokenizer, out / "logit-lens.png"))]
     first, last = result.first_top1_layer(), len(result.top) - 1
     name = repr(token_text(tokenizer, result.target))

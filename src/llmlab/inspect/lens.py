@@ -33,13 +33,14 @@ from llmlab.inspect.trace import Trace, token_text
 
 @dataclass
 class LensResult:
-    tokens: list[str]
+    tokens: list[str]                      # the positions read (the last `positions` of the prompt)
     top: list[list[tuple[int, float]]]     # per layer: top-k (id, prob) at the last position
     target: int                            # the token tracked at the last position
     target_rank: list[int]                 # per layer
     target_prob: list[float]               # per layer
-    next_rank: list[list[int]]             # (L+1, T-1): rank of the actual next token at each position
-    top1: list[list[int]]                  # (L+1, T): top-1 id at every position
+    next_rank: list[list[int]]             # (L+1, P-1): rank of the actual next token at each position read
+    top1: list[list[int]]                  # (L+1, P): top-1 id at every position read
+    start: int = 0                         # index in the prompt of the first position read
 
     def first_top1_layer(self) -> int | None:
         """The shallowest layer from which the target stays top-1 to the end (None if never)."""
@@ -58,15 +59,19 @@ def lens_logits(model: nn.Module, residual: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logit_lens(model: nn.Module, trace: Trace, tokenizer, target: int | None = None, top_k: int = 5) -> LensResult:
+def logit_lens(model: nn.Module, trace: Trace, tokenizer, target: int | None = None, top_k: int = 5,
+               positions: int | None = 48) -> LensResult:
     """Read out every layer of `trace`; target is the token to follow at the last position (default:
-    the model's own top-1 there). One layer at a time, so memory holds one (T, V) block."""
-    ids = torch.tensor(trace.ids, device=trace.logits.device)
+    the model's own top-1 there). Only the last `positions` positions are read (None: all): the
+    vocabulary projection is most of the cost, (L+1) x P x C x V multiply-adds, and a heatmap wider
+    than ~50 tokens cannot be read anyway. One layer at a time, so memory holds one (P, V) block."""
+    start = 0 if positions is None else max(0, len(trace.ids) - positions)
+    ids = torch.tensor(trace.ids[start:], device=trace.logits.device)
     if target is None:
         target = int(trace.logits[-1].argmax())
     top, target_rank, target_prob, next_rank, top1 = [], [], [], [], []
     for h in trace.residual:
-        logprobs = lens_logits(model, h).log_softmax(dim=-1)                          # (T, V)
+        logprobs = lens_logits(model, h[start:]).log_softmax(dim=-1)                  # (P, V)
         last = logprobs[-1]
         values, indices = last.topk(top_k)
         top.append([(int(i), float(v.exp())) for v, i in zip(values, indices)])
@@ -75,15 +80,16 @@ def logit_lens(model: nn.Module, trace: Trace, tokenizer, target: int | None = N
         actual = logprobs[:-1].gather(1, ids[1:, None])                              # (T-1, 1)
         next_rank.append((logprobs[:-1] > actual).sum(dim=1).tolist())
         top1.append(logprobs.argmax(dim=1).tolist())
-    return LensResult(tokens=[token_text(tokenizer, i) for i in trace.ids], top=top, target=target,
-                      target_rank=target_rank, target_prob=target_prob, next_rank=next_rank, top1=top1)
+    return LensResult(tokens=[token_text(tokenizer, i) for i in trace.ids[start:]], top=top, target=target,
+                      target_rank=target_rank, target_prob=target_prob, next_rank=next_rank, top1=top1,
+                      start=start)
 
 
 def to_json(result: LensResult, tokenizer) -> dict:
     """The issue's shape: one entry per layer for the last position, the last one the model's output."""
     last = len(result.top) - 1
     return {
-        "tokens": result.tokens,
+        "tokens": result.tokens, "start": result.start,
         "target": {"id": result.target, "token": token_text(tokenizer, result.target),
                    "first_top1_layer": result.first_top1_layer()},
         "layers": [{"layer": i, "is_output": i == last,
@@ -124,7 +130,8 @@ def plot_lens(result: LensResult, tokenizer, path: str | Path, title: str = "") 
                   cmap="viridis_r", vmin=0, colorbar="log10(1 + rank of the next token)",
                   cell_text=text[::-1] if T <= 40 else None,
                   title=title or "logit lens: each layer's guess for the next token (top: output)")
-    ax.set_xlabel("position (the token read); last column: rank of the target "
+    shown = f"positions {result.start}..{result.start + T - 1}" if result.start else "position"
+    ax.set_xlabel(f"{shown} (the token read); last column: rank of the target "
                   f"{token_text(tokenizer, result.target)!r}", fontsize=8)
     ax.set_ylabel("layer (residual stream entering it)", fontsize=8)
     return plots.save(fig, path)
