@@ -34,7 +34,7 @@ def poison_gradients(model: torch.nn.Module, at_calls: set[int]) -> None:
 
 def trainer_for(run, run_dir: Path, **kwargs) -> Trainer:
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, data, device, base = build(run)
+    model, data, device, base, _ = build(run)
     return Trainer(run, model, data, data.tokenizer, run_dir, device, base=base, **kwargs)
 
 

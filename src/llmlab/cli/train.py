@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -58,9 +59,15 @@ def run(args: argparse.Namespace) -> int:
             resolve_source(args.init)  # a mistyped --init fails now, not after the data is loaded
         if args.out is not None and args.out.exists() and not args.out.is_dir():
             raise LLMLabError(f"--out {args.out} is a file: give a directory for the run (it is created)")
+        from llmlab.train.distributed import launched_by_torchrun
         from llmlab.train.run import default_run_dir, start
+        if args.out is None and launched_by_torchrun():
+            raise LLMLabError("under torchrun, give --out DIR: every process must write to the same run directory, "
+                              "and a default name from the clock could differ between them")
         run_dir = args.out or default_run_dir(args.preset)
         state = start(config, run_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return 130 if state.stop_reason == "interrupted" else 0     # rank 0 speaks for the run
     print(f"llmlab train: stopped ({state.stop_reason}) at step {state.step} after {state.elapsed_s:.0f}s; "
           f"best val loss {state.best_val:.4f}; run saved in {run_dir}", file=sys.stderr)
     if state.stop_reason == "interrupted":

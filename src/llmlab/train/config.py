@@ -67,6 +67,7 @@ class TrainConfig:
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16"})
     seq_len: int | None = field(default=None, metadata={"help": "tokens per training sequence (None: the model's block_size; with --init, the preset's)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    parallel: str = field(default="auto", metadata={"help": "data parallelism under torchrun: auto (ddp with several processes), none, ddp, fsdp (FSDP2, fully_shard per block)", "choices": ["auto", "none", "ddp", "fsdp"]})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default)"})
     peak_tflops: float = field(default=0.0, metadata={"help": "hardware peak for MFU (0: known GPU table, or a measured matmul peak on CPU)"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events when tensorboard is installed"})

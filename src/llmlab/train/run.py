@@ -27,6 +27,7 @@ from llmlab.data.tokens import TokenDataset
 from llmlab.model.transformer import Transformer
 from llmlab.train.checkpoint import CHECKPOINT, load_checkpoint
 from llmlab.train.config import RunConfig
+from llmlab.train.distributed import DistContext, check_same_everywhere, choose_parallel, init_distributed, shutdown
 from llmlab.train.trainer import LoopState, Trainer, write_run_config
 
 
@@ -45,12 +46,14 @@ def load_data(run: RunConfig, tokenizer=None) -> TokenDataset:
                            tokenizer=tokenizer)
 
 
-def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer, TokenDataset, torch.device, dict | None]:
+def build(run: RunConfig, resume_state: dict | None = None
+          ) -> tuple[Transformer, TokenDataset, torch.device, dict | None, DistContext]:
     """Everything a run needs, in the order it is needed: (model, data, device, base). Model init
     happens right after seeding, so the same seed gives the same initial weights whatever else
     changed. With `run.init`, the weights, model config and tokenizer come from that pretrained
-    model (llmlab.model.source) and `base` records which one (its content hash included)."""
-    device = pick_device(run.train.device)
+    model (llmlab.model.source) and `base` records which one (its content hash included).
+    Under torchrun this process joins the process group first and takes its own device."""
+    dist, device = init_distributed(pick_device(run.train.device))
     setup_backends(device)
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
@@ -86,23 +89,30 @@ def build(run: RunConfig, resume_state: dict | None = None) -> tuple[Transformer
         model = pretrained.to(device)
     else:
         model = Transformer(run.model).to(device)
-    return model, data, device, base
+    check_same_everywhere({"config": run.to_dict(), "data": data.meta.get("source", {}),
+                           "train_tokens": data.num_tokens("train")}, dist)
+    return model, data, device, base, dist
 
 
 def start(run: RunConfig, run_dir: Path) -> LoopState:
     if (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists():
         raise LLMLabError(f"{run_dir} already holds a run: continue it with `llmlab train --resume {run_dir}` "
                           "or choose a new --out")
-    model, data, device, base = build(run)   # first: a bad data or model source leaves no directory behind
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, run, _facts(model, data, base))
-    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, base=base)
+    model, data, device, base, dist = build(run)   # first: a bad data or model source leaves no directory behind
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(run_dir, run, _facts(run, model, data, base, dist))
+    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, base=base, dist=dist)
     _announce(trainer, data, run_dir)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        shutdown(dist)
 
 
 RESUME_MAY_CHANGE = {"max_iters", "lr_decay_iters", "max_time", "eval_every", "ckpt_every", "log_every", "diag_every",
-                     "sample_every", "early_stop_patience", "device", "compile", "threads", "tensorboard", "wandb"}
+                     "sample_every", "early_stop_patience", "device", "compile", "threads", "tensorboard", "wandb",
+                     "parallel"}
 
 
 def check_resume_overrides(overrides: dict) -> None:
@@ -131,15 +141,26 @@ def resume(run_dir: Path, overrides: dict) -> LoopState:
         print(f"note: keeping the learning-rate schedule of the original run (cosine over {old.max_iters} steps; "
               f"past it the rate stays at min_lr {run.train.min_lr:g}); pass --lr-decay-iters "
               f"{run.train.max_iters} to stretch the decay to the new budget instead", file=sys.stderr)
-    model, data, device, base = build(run, resume_state=state)
-    write_run_config(run_dir, run, _facts(model, data, base))
-    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, resume_state=state, base=base)
+    model, data, device, base, dist = build(run, resume_state=state)
+    if dist.is_main:
+        write_run_config(run_dir, run, _facts(run, model, data, base, dist))
+    trainer = Trainer(run, model, data, data.tokenizer, run_dir, device, resume_state=state, base=base, dist=dist)
     _announce(trainer, data, run_dir, resumed_at=trainer.state.step)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        shutdown(dist)
 
 
-def _facts(model: Transformer, data: TokenDataset, base: dict | None) -> dict:
-    return {"llmlab_version": llmlab.__version__, "n_params": model.num_params(), "base": base,
+def _facts(run: RunConfig, model: Transformer, data: TokenDataset, base: dict | None, dist: DistContext) -> dict:
+    """What the run directory records besides the config, including how the processes split the
+    batch: --batch-size is the global micro-batch, each rank takes batch_size / world_size rows."""
+    t = run.train
+    parallel = {"mode": choose_parallel(t.parallel, dist), "world_size": dist.world_size,
+                "backend": dist.backend or None, "per_rank_batch": t.batch_size // dist.world_size,
+                "grad_accum": t.grad_accum, "global_batch": t.batch_size * t.grad_accum,
+                "global_batch_tokens": t.batch_size * t.grad_accum * run.seq_len}
+    return {"llmlab_version": llmlab.__version__, "n_params": model.num_params(), "base": base, "parallel": parallel,
             "data_dir": str(data.directory), "train_tokens": data.num_tokens("train"),
             "val_tokens": data.num_tokens("val"), "data_source": data.meta.get("source", {})}
 
@@ -150,6 +171,8 @@ def _source_name(data: TokenDataset) -> str:
 
 
 def _announce(trainer: Trainer, data: TokenDataset, run_dir: Path, resumed_at: int | None = None) -> None:
+    if not trainer.dist.is_main:
+        return
     m = trainer.run.model
     what = f"resuming at step {resumed_at}" if resumed_at else "new run"
     print(f"llmlab train: {what} in {run_dir}\n"
@@ -158,5 +181,13 @@ def _announce(trainer: Trainer, data: TokenDataset, run_dir: Path, resumed_at: i
           f"  data   {data.num_tokens('train'):,} train / {data.num_tokens('val'):,} val tokens "
           f"({_source_name(data)})\n"
           f"  train  {trainer.cfg.batch_size * trainer.cfg.grad_accum * trainer.seq_len:,} tokens/step on "
-          f"{trainer.device} ({trainer.amp_dtype}), "
+          f"{trainer.device} ({trainer.amp_dtype}), {_processes(trainer)}"
           f"MFU peak: {trainer.peak / 1e12:.2f} TFLOP/s ({trainer.peak_source})", file=sys.stderr)
+
+
+def _processes(trainer: Trainer) -> str:
+    d = trainer.dist
+    if not d.enabled:
+        return ""
+    return (f"{d.world_size} processes ({trainer.parallel}, {d.backend}), {trainer.cfg.batch_size // d.world_size} "
+            "sequences per rank per micro-batch, ")

@@ -33,6 +33,7 @@ from llmlab.tokenizer import Tokenizer
 from llmlab.train import diagnostics
 from llmlab.train.checkpoint import BEST, CHECKPOINT, capture_rng, restore_rng, save_checkpoint
 from llmlab.train.config import RunConfig, parse_duration
+from llmlab.train.distributed import DistContext, all_sum, choose_parallel, gradient_sync, rank_rows, wrap_model
 from llmlab.train.loss import Batch, LossFn, causal_lm_loss, target_tokens
 from llmlab.train.metrics import LOSS_PLOT, MetricsLog, plot_losses, read_metrics
 from llmlab.train.optim import lr_at, make_optimizer
@@ -96,15 +97,19 @@ def training_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
 class Trainer:
     def __init__(self, run: RunConfig, model: torch.nn.Module, data: BatchSource, tokenizer: Tokenizer,
                  run_dir: Path, device: torch.device, resume_state: dict | None = None,
-                 loss_fn: LossFn = causal_lm_loss, base: dict | None = None, artifact: dict | None = None):
+                 loss_fn: LossFn = causal_lm_loss, base: dict | None = None, artifact: dict | None = None,
+                 dist: DistContext | None = None):
         """base: the `ModelSource.as_dict()` the model started from (`RunConfig.init`). With a base
         and frozen parameters, checkpoints hold only the trainable ones (the base rebuilds the rest).
         artifact: more entries for every model checkpoint, e.g. fine-tuning's {"adapter": record}
         that rebuilds the adapter's structure on the base before its weights are loaded.
-        run: a RunConfig, or any config with .train, .seq_len and .to_dict() (fine-tuning's)."""
+        run: a RunConfig, or any config with .train, .seq_len and .to_dict() (fine-tuning's).
+        dist: this process's place under torchrun (llmlab.train.distributed); None is one process."""
         self.run, self.cfg = run, run.train
         self.model, self.data, self.tokenizer, self.run_dir, self.device = model, data, tokenizer, run_dir, device
         self.loss_fn, self.base, self.artifact = loss_fn, base, artifact or {}
+        self.dist = dist or DistContext()
+        self.parallel = choose_parallel(getattr(self.cfg, "parallel", "auto"), self.dist)
         dtype = self.cfg.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -117,18 +122,21 @@ class Trainer:
         self.max_time = parse_duration(self.cfg.max_time)
         if self.cfg.max_iters is None and self.max_time is None:
             raise LLMLabError("set a budget: --max-iters N and/or --max-time 10m")
+        if resume_state is not None:
+            load_model_state(self.model, resume_state)   # before FSDP shards the parameters
+        # DDP wraps the model; FSDP2 shards it in place, so the optimizer is built after it.
+        self.parallel_model = wrap_model(model, self.parallel, self.dist, device, self.amp_dtype)
         self.optimizer = make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, (self.cfg.beta1, self.cfg.beta2),
                                         device, self.cfg.decay_embeddings)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.state = LoopState()
         if resume_state is not None:
-            load_model_state(self.model, resume_state)
             self.optimizer.load_state_dict(resume_state["optimizer"])
             if self.scaler is not None and "scaler" in resume_state:
                 self.scaler.load_state_dict(resume_state["scaler"])
             self.state = LoopState(**{**resume_state["loop"], "stop_reason": ""})
             restore_rng(resume_state["rng"], self.generator)
-        self.forward_model = torch.compile(model) if self.cfg.compile else model
+        self.forward_model = torch.compile(self.parallel_model) if self.cfg.compile else self.parallel_model
         self.spikes = diagnostics.SpikeDetector(self.cfg.spike_factor)
         self.spikes.recent.extend(self.state.history)
         self.seq_len = run.seq_len
@@ -150,8 +158,14 @@ class Trainer:
         return max(fractions)
 
     def batch(self, split: str, generator: torch.Generator) -> Batch:
-        batch = self.data.get_batch(split, self.cfg.batch_size, self.seq_len, generator)
+        """This process's rows of the next global micro-batch (all of it without torchrun)."""
+        batch = rank_rows(self.data.get_batch(split, self.cfg.batch_size, self.seq_len, generator), self.dist)
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def say(self, message: str) -> None:
+        """Print on rank 0 only: N processes would print every line N times."""
+        if self.dist.is_main:
+            print(message, file=sys.stderr)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -167,6 +181,7 @@ class Trainer:
                 with autocast(self.device, self.amp_dtype):
                     batch_sum, batch_targets = self.loss_fn(self.forward_model, self.batch(split, g))
                 loss_sum, targets = loss_sum + float(batch_sum), targets + int(batch_targets)
+            loss_sum, targets = all_sum([loss_sum, targets], self.dist, self.device)
             out[f"{split}_eval_loss" if split == "train" else "val_loss"] = loss_sum / max(targets, 1)
         self.model.train()
         return out
@@ -176,18 +191,29 @@ class Trainer:
             group["lr"] = lr
         # All micro-batches first: the step's loss is divided by the target tokens of all of them,
         # so each target token weighs the same whichever micro-batch it is in (llmlab.train.loss).
+        # Under torchrun each rank holds its rows of every micro-batch; the counts are global, so the
+        # step computes the one-process gradient of the global batch (llmlab.train.distributed).
         batches = [self.batch("train", self.generator) for _ in range(self.cfg.grad_accum)]
-        targets = sum(target_tokens(b) for b in batches)
+        targets, inputs = (int(v) for v in all_sum([sum(target_tokens(b) for b in batches),
+                                                    sum(b["input_ids"].numel() for b in batches)], self.dist, self.device))
         if targets == 0:
             raise LLMLabError(f"the batches of step {self.state.step} hold no target tokens (every label is -100): "
                               "check the data's masking")
-        total = 0.0
-        for batch in batches:
-            with autocast(self.device, self.amp_dtype):
-                loss = self.loss_fn(self.forward_model, batch)[0] / targets
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        world, total = self.dist.world_size, 0.0
+        for i, batch in enumerate(batches):
+            # gradients cross ranks once per step: on the last micro-batch (no_sync before it)
+            with gradient_sync(self.parallel_model, self.parallel, sync=i == len(batches) - 1):
+                with autocast(self.device, self.amp_dtype):
+                    loss = self.loss_fn(self.forward_model, batch)[0] / targets
+                # x world: DDP and FSDP average gradients over ranks, and the sum is what is wanted
+                scaled = loss * world
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += float(loss.detach())
-        row: dict[str, float] = {"target_tokens": targets, "input_tokens": sum(b["input_ids"].numel() for b in batches)}
+        # One small all-reduce a step: the global loss and whether any rank wants to stop, so that
+        # every rank takes the same decisions (a NaN, a spike, Ctrl-C) at the same step.
+        total, stop = all_sum([total, float(self.stop_requested)], self.dist, self.device)
+        self.stop_requested = stop > 0
+        row: dict[str, float] = {"target_tokens": targets, "input_tokens": inputs}
         if not math.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
             return {"train_loss": total, **row}
@@ -197,7 +223,8 @@ class Trainer:
             row.update(diagnostics.grad_norms(self.model))
             before = diagnostics.snapshot_weights(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)   # FSDP2: a DTensor
         # A non-finite gradient norm means some gradient is inf/NaN: stepping would write it into
         # every weight (and the next checkpoint). Skip the update; the loop stops if it keeps happening.
         applied = math.isfinite(norm)
@@ -238,7 +265,10 @@ class Trainer:
         return {"model": weights, **payload}
 
     def save(self, name: str = CHECKPOINT) -> None:
-        save_checkpoint(self.run_dir / name, self.checkpoint_state())
+        if self.parallel == "fsdp":
+            raise LLMLabError("checkpoints of FSDP runs (sharded, torch.distributed.checkpoint) are not written yet")
+        if self.dist.is_main:    # DDP: every rank holds the same weights and optimizer state
+            save_checkpoint(self.run_dir / name, self.checkpoint_state())
 
     def write_sample(self) -> str:
         from llmlab.infer.generate import decode_steps  # the same KV-cached loop `llmlab sample` uses
@@ -258,6 +288,11 @@ class Trainer:
     def _on_sigint(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
+        if signum == signal.SIGTERM and self.dist.enabled:
+            # torchrun sends SIGTERM to every worker when one of them fails: the failed rank cannot
+            # take part in a last step or a save, so stop now; the last checkpoint stays as it was.
+            raise LLMLabError(f"rank {self.dist.rank}: stopped by SIGTERM (torchrun stops every process when one "
+                              f"fails); the last checkpoint in {self.run_dir} is intact: resume from it")
         self.stop_requested = True
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         print(f"\n{what}: finishing this step, saving a checkpoint (Ctrl-C again aborts at once)", file=sys.stderr)
@@ -266,9 +301,10 @@ class Trainer:
 
     def fit(self) -> LoopState:
         cfg, state = self.cfg, self.state
+        main = self.dist.is_main
         metrics = MetricsLog(self.run_dir, self.run.to_dict(), resume_step=state.step if state.step else None,
-                             tensorboard=cfg.tensorboard, wandb=cfg.wandb)
-        bar = progress(total=cfg.max_iters, initial=state.step, desc="train", unit="step")
+                             tensorboard=cfg.tensorboard, wandb=cfg.wandb) if main else None
+        bar = progress(total=cfg.max_iters, initial=state.step, desc="train", unit="step", disable=None if main else True)
         log_plain = bar.disable  # not a terminal: print a line per log step instead of a bar
         # Ctrl-C and SIGTERM (a scheduler's or `kill`'s stop) both finish the step and save.
         previous_int = signal.signal(signal.SIGINT, self._on_sigint)
@@ -304,14 +340,16 @@ class Trainer:
                 self._count_skip(row)
                 state.step += 1
                 state.elapsed_s = time.perf_counter() - t_start
+                if self.dist.enabled:   # one clock for all ranks, so --max-time stops them at the same step
+                    state.elapsed_s = all_sum([state.elapsed_s], self.dist, self.device)[0] / self.dist.world_size
                 tokens_per_s = row["target_tokens"] / dt
-                mfu = self.flops_per_token * row["input_tokens"] / dt / self.peak
+                mfu = self.flops_per_token * row["input_tokens"] / dt / (self.peak * self.dist.world_size)
                 spike = self.spikes(row["train_loss"])
                 row.update(step=state.step, time_s=round(state.elapsed_s, 3), lr=lr,
                            tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 5))
                 if spike:
                     row["spike"] = True
-                    print(f"\nwarning: loss spike at step {state.step}: {row['train_loss']:.4f}", file=sys.stderr)
+                    self.say(f"\nwarning: loss spike at step {state.step}: {row['train_loss']:.4f}")
                 # -------- evaluate, log, checkpoint, sample
                 is_last = (cfg.max_iters is not None and state.step >= cfg.max_iters) or \
                           (self.max_time is not None and state.elapsed_s >= self.max_time) or self.stop_requested
@@ -320,19 +358,20 @@ class Trainer:
                     state.last_val = row["val_loss"]
                     if row["val_loss"] < state.best_val:
                         state.best_val, state.evals_since_best = row["val_loss"], 0
-                        save_checkpoint(self.run_dir / BEST, {**self.model_payload(), "loop": {"step": state.step}})
+                        if main:
+                            save_checkpoint(self.run_dir / BEST, {**self.model_payload(), "loop": {"step": state.step}})
                     else:
                         state.evals_since_best += 1
                     t_eval = time.perf_counter()
-                    plot_losses({self.run_dir.name: read_metrics(self.run_dir) + [row]},
-                                self.run_dir / LOSS_PLOT, title=f"{self.run_dir.name}")
+                    if main:
+                        plot_losses({self.run_dir.name: read_metrics(self.run_dir) + [row]},
+                                    self.run_dir / LOSS_PLOT, title=f"{self.run_dir.name}")
                     t_start += time.perf_counter() - t_eval  # plotting is not training time
-                    print(f"\nstep {state.step}: train {row['train_eval_loss']:.4f}  val {row['val_loss']:.4f}"
-                          f"  (best {state.best_val:.4f})  {tokens_per_s:,.0f} tok/s  {state.elapsed_s:.0f}s",
-                          file=sys.stderr)
+                    self.say(f"\nstep {state.step}: train {row['train_eval_loss']:.4f}  val {row['val_loss']:.4f}"
+                             f"  (best {state.best_val:.4f})  {tokens_per_s:,.0f} tok/s  {state.elapsed_s:.0f}s")
                     if cfg.early_stop_patience and state.evals_since_best >= cfg.early_stop_patience:
                         state.stop_reason = "plateau"
-                if state.step % cfg.log_every == 0 or "val_loss" in row or spike:
+                if main and (state.step % cfg.log_every == 0 or "val_loss" in row or spike):
                     metrics.log(row)
                     if log_plain and "val_loss" not in row:
                         print(f"step {state.step}  loss {row['train_loss']:.4f}  lr {lr:.2e}  "
@@ -340,7 +379,7 @@ class Trainer:
                 if state.step % cfg.ckpt_every == 0 or is_last or state.stop_reason:
                     self.save()
                     saved_at = state.step
-                if cfg.sample_every and state.step % cfg.sample_every == 0:
+                if main and cfg.sample_every and state.step % cfg.sample_every == 0:
                     self.write_sample()
                 bar.update(1)
                 bar.set_postfix_str(f"loss {row['train_loss']:.3f} {tokens_per_s:,.0f} tok/s "
@@ -349,10 +388,12 @@ class Trainer:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
             bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         if saved_at != state.step:
             self.save()
-        self.write_sample()
+        if main:
+            self.write_sample()
         return state
 
     def _count_skip(self, row: dict) -> None:
@@ -365,8 +406,8 @@ class Trainer:
         state.skipped_steps += 1
         state.skips_in_a_row += 1
         limit = 20 if self.scaler is not None else 3
-        print(f"\nwarning: step {state.step + 1}: the gradient norm is {row.get('grad_norm')}; the update was skipped "
-              f"({state.skips_in_a_row} in a row, stopping at {limit})", file=sys.stderr)
+        self.say(f"\nwarning: step {state.step + 1}: the gradient norm is {row.get('grad_norm')}; the update was "
+                 f"skipped ({state.skips_in_a_row} in a row, stopping at {limit})")
         if state.skips_in_a_row >= limit:
             state.stop_reason = "nan"
             raise LLMLabError(
