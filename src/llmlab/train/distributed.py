@@ -78,15 +78,13 @@ def init_distributed(device: torch.device, timeout_s: float = 300.0) -> tuple[Di
 
 
 def choose_parallel(requested: str, ctx: DistContext) -> str:
-    """--parallel auto is DDP under torchrun and none alone; fsdp / ddp need torchrun's processes
-    (one process may also run fsdp, as a degenerate shard of one, to test the code path)."""
+    """--parallel auto is DDP under torchrun. Alone, every mode is the plain model: a run started
+    with --parallel fsdp on N processes continues on one (`llmlab train --resume`) unsharded."""
     if requested not in PARALLEL:
         raise LLMLabError(f"--parallel {requested!r}: use one of {', '.join(PARALLEL)}")
-    if requested == "auto":
-        return "ddp" if ctx.enabled else "none"
-    if requested == "ddp" and not ctx.enabled:
-        return "none"          # DDP of one process is the plain model
-    return requested
+    if not ctx.enabled:
+        return "none"
+    return "ddp" if requested == "auto" else requested
 
 
 def wrap_model(model: nn.Module, parallel: str, ctx: DistContext, device: torch.device,

@@ -25,6 +25,7 @@ from llmlab.core.errors import LLMLabError
 from llmlab.data.sources import prepare_dataset
 from llmlab.data.tokens import TokenDataset
 from llmlab.model.transformer import Transformer
+from llmlab.train import sharded
 from llmlab.train.checkpoint import CHECKPOINT, load_checkpoint
 from llmlab.train.config import RunConfig
 from llmlab.train.distributed import DistContext, check_same_everywhere, choose_parallel, init_distributed, shutdown
@@ -123,10 +124,25 @@ def check_resume_overrides(overrides: dict) -> None:
                           "start a new run with --out instead")
 
 
+def latest_checkpoint(run_dir: Path) -> dict:
+    """The newer of ckpt.pt (one process) and ckpt.dcp/ (torchrun): a run may have moved between
+    them, 2 processes -> 1 -> 2. A sharded one is returned as its trainer state + "sharded_dir"."""
+    shards = sharded.sharded_dir(run_dir)
+    full = Path(run_dir) / CHECKPOINT
+    if shards is None:
+        return load_checkpoint(run_dir)
+    state = {**sharded.load_trainer_state(shards), "sharded_dir": str(shards)}
+    if full.is_file():
+        whole = load_checkpoint(run_dir)
+        if whole["loop"]["step"] > state["loop"]["step"]:
+            return whole
+    return state
+
+
 def resume(run_dir: Path, overrides: dict) -> LoopState:
     """Continue a run from its checkpoint. Only budget/logging fields may change on resume; the
     rest must match, or the continuation would not be the same run."""
-    state = load_checkpoint(run_dir)
+    state = latest_checkpoint(run_dir)
     if state["config"].get("kind") == "finetune":
         raise LLMLabError(f"{run_dir} is a fine-tuning run: continue it with `llmlab finetune --resume {run_dir}`")
     run = RunConfig.from_dict(state["config"])

@@ -14,6 +14,7 @@ its micro-batches, and tokens/s counts target tokens.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -34,6 +35,7 @@ from llmlab.train import diagnostics
 from llmlab.train.checkpoint import BEST, CHECKPOINT, capture_rng, restore_rng, save_checkpoint
 from llmlab.train.config import RunConfig, parse_duration
 from llmlab.train.distributed import DistContext, all_sum, choose_parallel, gradient_sync, rank_rows, wrap_model
+from llmlab.train import sharded
 from llmlab.train.loss import Batch, LossFn, causal_lm_loss, target_tokens
 from llmlab.train.metrics import LOSS_PLOT, MetricsLog, plot_losses, read_metrics
 from llmlab.train.optim import lr_at, make_optimizer
@@ -122,16 +124,25 @@ class Trainer:
         self.max_time = parse_duration(self.cfg.max_time)
         if self.cfg.max_iters is None and self.max_time is None:
             raise LLMLabError("set a budget: --max-iters N and/or --max-time 10m")
-        if resume_state is not None:
-            load_model_state(self.model, resume_state)   # before FSDP shards the parameters
+        from_shards = resume_state is not None and "sharded_dir" in resume_state
+        plain_copy = None
+        if resume_state is not None and not from_shards:
+            load_model_state(self.model, resume_state)   # whole tensors: before FSDP shards the parameters
+            if self.parallel == "fsdp":
+                plain_copy = copy.deepcopy(model)          # names the one-process optimizer state below
         # DDP wraps the model; FSDP2 shards it in place, so the optimizer is built after it.
         self.parallel_model = wrap_model(model, self.parallel, self.dist, device, self.amp_dtype)
-        self.optimizer = make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, (self.cfg.beta1, self.cfg.beta2),
-                                        device, self.cfg.decay_embeddings)
+        self.optimizer = self.make_optimizer(model)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.state = LoopState()
         if resume_state is not None:
-            self.optimizer.load_state_dict(resume_state["optimizer"])
+            if from_shards:      # written at any world size: DCP reshards into this one
+                sharded.load_sharded(Path(resume_state["sharded_dir"]), self.model, self.optimizer)
+            elif plain_copy is not None:
+                sharded.shard_full_optimizer_state(self.model, self.optimizer, plain_copy,
+                                                   self.make_optimizer(plain_copy), resume_state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(resume_state["optimizer"])
             if self.scaler is not None and "scaler" in resume_state:
                 self.scaler.load_state_dict(resume_state["scaler"])
             self.state = LoopState(**{**resume_state["loop"], "stop_reason": ""})
@@ -145,6 +156,10 @@ class Trainer:
         self.stop_requested = False
 
     # ------------------------------------------------------------------ pieces of the loop
+
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, (self.cfg.beta1, self.cfg.beta2),
+                              self.device, self.cfg.decay_embeddings)
 
     def progress_fraction(self) -> float:
         """How far through the schedule we are: by steps, by wall time, whichever is further.
@@ -248,12 +263,15 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         return state
 
-    def model_payload(self) -> dict:
+    def model_payload(self, with_weights: bool = True) -> dict:
         """What a model checkpoint needs (`llmlab.model.checkpoint.load_run_model` reads it): the
-        weights, or, for a run from a base with frozen parameters, only the trainable ones + the base."""
+        weights, or, for a run from a base with frozen parameters, only the trainable ones + the base.
+        with_weights=False: everything else (a sharded checkpoint stores the tensors itself)."""
         config = self.run.to_dict()
         payload = {"config": config, "model_config": config["model"], "tokenizer": self.tokenizer.to_dict(),
                    **self.artifact}
+        if not with_weights:
+            return payload
         weights = self.model.state_dict()
         params = list(self.model.named_parameters(remove_duplicate=False))
         if self.base is not None and any(not p.requires_grad for _, p in params):
@@ -264,11 +282,31 @@ class Trainer:
             payload["base"] = self.base
         return {"model": weights, **payload}
 
+    @property
+    def sharded_checkpoints(self) -> bool:
+        return self.dist.enabled or self.parallel == "fsdp"
+
     def save(self, name: str = CHECKPOINT) -> None:
-        if self.parallel == "fsdp":
-            raise LLMLabError("checkpoints of FSDP runs (sharded, torch.distributed.checkpoint) are not written yet")
-        if self.dist.is_main:    # DDP: every rank holds the same weights and optimizer state
+        """The latest checkpoint: ckpt.pt from one process; under torchrun a sharded ckpt.dcp/, every
+        rank writing its part (llmlab.train.sharded), which any world size can resume."""
+        if not self.sharded_checkpoints:
             save_checkpoint(self.run_dir / name, self.checkpoint_state())
+            return
+        self.state.history = list(self.spikes.recent)
+        extra = {k: v for k, v in self.model_payload(with_weights=False).items() if k != "model"}
+        extra.update(loop=vars(self.state).copy(), rng=capture_rng(self.generator))
+        if self.scaler is not None:
+            extra["scaler"] = self.scaler.state_dict()
+        sharded.save_sharded(self.run_dir, self.model, self.optimizer, extra, self.dist.is_main)
+
+    def save_best(self) -> None:
+        """best.pt holds whole tensors, so `llmlab sample` / `export` read it anywhere; under torchrun
+        every rank takes part in gathering them and rank 0 writes."""
+        payload = {**self.model_payload(with_weights=not self.sharded_checkpoints), "loop": {"step": self.state.step}}
+        if self.sharded_checkpoints:
+            payload["model"] = sharded.full_model_state(self.model)
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / BEST, payload)
 
     def write_sample(self) -> str:
         from llmlab.infer.generate import decode_steps  # the same KV-cached loop `llmlab sample` uses
@@ -358,8 +396,7 @@ class Trainer:
                     state.last_val = row["val_loss"]
                     if row["val_loss"] < state.best_val:
                         state.best_val, state.evals_since_best = row["val_loss"], 0
-                        if main:
-                            save_checkpoint(self.run_dir / BEST, {**self.model_payload(), "loop": {"step": state.step}})
+                        self.save_best()
                     else:
                         state.evals_since_best += 1
                     t_eval = time.perf_counter()
