@@ -59,10 +59,98 @@ def test_fsdp_equals_one_process_and_resumes_at_another_world_size(tmp_path):
     train(reference, *schedule)                                             # 6 steps, 1 process
     train(reference, "--resume", "--max-iters", "9")                         # and 3 more
     moved = tmp_path / "moved"
-    train(moved, *schedule, "--max-iters", "3", "--parallel", "fsdp", processes=2)
+    train(moved, *schedule, "--max-iters", "3", "--parallel", "fsdp", "--sample-tokens", "16", processes=2)
     assert (moved / "ckpt.dcp" / ".metadata").is_file() and not (moved / "ckpt.pt").exists()
+    assert "=== step 3" in (moved / "samples.txt").read_text()     # sampled from the gathered weights
+    sample = subprocess.run([sys.executable, "-m", "llmlab", "sample", str(moved), "--max-new-tokens", "8"],
+                            capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr[-2000:]   # best.pt: whole tensors
     train(moved, "--resume", "--max-iters", "6")                             # 2 -> 1
     train(moved, "--resume", "--max-iters", "9", "--parallel", "fsdp", processes=2)   # 1 -> 2
     assert len(losses(moved)) == 9
     for a, b in zip(losses(reference), losses(moved)):
         assert abs(a - b) < 1e-5
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_stops_the_other_with_a_message_and_the_checkpoint_survives(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "llmlab", "train", *TINY, "--max-iters", "100000", "--ckpt-every", "5", "--out", str(out)]
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "ckpt.dcp" / "trainer.pt").is_file():
+            assert time.monotonic() < deadline and launcher.poll() is None, "no checkpoint was written"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        rank1 = next(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _is_rank(d, "1", out))
+        os.kill(rank1, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert "checkpoint" in stderr and "intact" in stderr, stderr[-2000:]
+    resumed = subprocess.run([sys.executable, "-m", "llmlab", "train", "--resume", str(out), "--max-iters", "12"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def _is_rank(proc: Path, rank: str, out: Path) -> bool:
+    try:
+        environ = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        return environ.get("RANK") == rank and str(out) in (proc / "cmdline").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_only_rank_0_logs_to_wandb_offline(tmp_path):
+    pytest.importorskip("wandb")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    env_mode = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = "offline"          # no network, no account: the run is kept on disk
+    try:
+        rows = train(tmp_path / "run", "--max-iters", "3", "--wandb", "true", processes=2)
+    finally:
+        if env_mode is None:
+            del os.environ["WANDB_MODE"]
+        else:
+            os.environ["WANDB_MODE"] = env_mode
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))     # one run, not one per rank
+    assert [r["step"] for r in rows] == [1, 2, 3]                   # metrics.jsonl: once per step
+
+
+MISMATCH = """
+import os, sys
+from llmlab.core.errors import LLMLabError
+from llmlab.train.distributed import check_same_everywhere, init_distributed, shutdown
+import torch
+ctx, _ = init_distributed(torch.device("cpu"))
+try:
+    check_same_everywhere({"config": {"lr": 0.001 if ctx.rank == 0 else 0.002}, "data": "same"}, ctx)
+    print("no error")
+except LLMLabError as e:
+    print(e)
+shutdown(ctx)
+"""
+
+
+def test_ranks_that_disagree_on_the_config_fail_at_start():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", MISMATCH], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for out in outputs:
+        assert "ranks [1] differ from rank 0 in config" in out, outputs

@@ -60,8 +60,9 @@ def _gpu_1b() -> Recipe:
     # Documented, never run here: a 1.04B-parameter Llama (Llama-3.2-1B's shape with a 32k vocabulary)
     # on one large GPU in bf16, 24,000 steps x 1M tokens = 25B tokens (~24 per parameter; Chinchilla's ~20).
     # That is far beyond the built-in corpus (~4M tokens): bring a real corpus with --input. The BPE
-    # is trained on its first 100 MB (the pure-Python trainer). The llmlab trainer is one process (no
-    # DDP): on a cluster, run one recipe per GPU (e.g. the sweep's sizes), not one torchrun job.
+    # is trained on its first 100 MB (the pure-Python trainer). The pipeline runs its stages in one
+    # process: on a cluster, run one recipe per GPU (e.g. the sweep's sizes); a multi-GPU pretraining run
+    # is `torchrun -m llmlab train` (chapter 9) outside the pipeline.
     gpu = dict(device="cuda", dtype="bfloat16", compile=True, tensorboard=True, diag_every=500)
     return Recipe(
         "gpu-1b",

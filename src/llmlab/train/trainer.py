@@ -314,9 +314,19 @@ class Trainer:
 
         if self.cfg.sample_tokens == 0:
             return ""
+        model = self.model
+        if self.parallel == "fsdp":
+            # The sharded model runs forward only with every rank: gather it (a collective) into a
+            # plain copy that rank 0 samples from alone.
+            state = sharded.full_model_state(self.model)
+            if not self.dist.is_main:
+                return ""
+            model = type(self.model).from_state_dict(self.model.config, state).to(self.device)
+        if not self.dist.is_main:
+            return ""
         start = self.tokenizer.encode("\n")[:1] if self.tokenizer.kind == "char" else [0]
         config = SamplingConfig(max_new_tokens=self.cfg.sample_tokens, temperature=0.8, top_k=200, seed=self.cfg.seed)
-        ids = [int(step.ids[0]) for step in decode_steps(self.model, [start or [0]], config, overflow="shift")]
+        ids = [int(step.ids[0]) for step in decode_steps(model, [start or [0]], config, overflow="shift")]
         text = self.tokenizer.decode(ids)
         with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"=== step {self.state.step} (temperature 0.8, top-k 200) ===\n{text}\n\n")
@@ -385,6 +395,8 @@ class Trainer:
                 spike = self.spikes(row["train_loss"])
                 row.update(step=state.step, time_s=round(state.elapsed_s, 3), lr=lr,
                            tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 5))
+                if self.device.type == "cuda":
+                    row["max_memory_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 3)
                 if spike:
                     row["spike"] = True
                     self.say(f"\nwarning: loss spike at step {state.step}: {row['train_loss']:.4f}")
@@ -416,11 +428,20 @@ class Trainer:
                 if state.step % cfg.ckpt_every == 0 or is_last or state.stop_reason:
                     self.save()
                     saved_at = state.step
-                if main and cfg.sample_every and state.step % cfg.sample_every == 0:
-                    self.write_sample()
+                if cfg.sample_every and state.step % cfg.sample_every == 0:
+                    self.write_sample()     # every rank calls it: under FSDP it gathers the weights
                 bar.update(1)
                 bar.set_postfix_str(f"loss {row['train_loss']:.3f} {tokens_per_s:,.0f} tok/s "
                                     f"mfu {100 * mfu:.1f}% {self._eta()}", refresh=False)
+        except RuntimeError as e:
+            if not self.dist.enabled:
+                raise
+            # gloo / NCCL raise when a peer's connection closes: another rank died (its own output
+            # says why). Nothing is saved now: the last complete checkpoint is the one to resume.
+            raise LLMLabError(f"rank {self.dist.rank}: lost contact with another process at step {state.step} "
+                              f"({' '.join(str(e).split())[:160]}); it probably failed: see its output above. "
+                              f"The last checkpoint (step {saved_at}) in {self.run_dir} is intact: "
+                              f"resume with `llmlab train --resume {self.run_dir}`") from None
         finally:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
@@ -429,8 +450,7 @@ class Trainer:
                 metrics.close()
         if saved_at != state.step:
             self.save()
-        if main:
-            self.write_sample()
+        self.write_sample()
         return state
 
     def _count_skip(self, row: dict) -> None:
