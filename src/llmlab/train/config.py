@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch, over all processes under torchrun (each takes batch_size / N of them)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (effective batch = batch_size * grad_accum)"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=2e-4, metadata={"help": "learning rate at the end of the cosine decay"})
