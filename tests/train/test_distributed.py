@@ -20,6 +20,10 @@ def losses(run: Path) -> list[float]:
     return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def grad_norms(run: Path) -> list[float]:
+    return [json.loads(line)["grad_norm"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def train(out: Path, *extra: str, processes: int = 1) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
@@ -42,6 +46,8 @@ def test_ddp_losses_equal_one_process_with_the_same_global_batch(tmp_path, accum
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5, (a, b)
+        # AdamW barely notices a gradient scaled by a constant; the norm does (the x world factor)
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"], (a, b)
         assert a["target_tokens"] == b["target_tokens"] == 8 * accum * 32     # the global batch, counted once
         if "val_loss" in a:
             assert abs(a["val_loss"] - b["val_loss"]) < 1e-5
@@ -70,6 +76,8 @@ def test_fsdp_equals_one_process_and_resumes_at_another_world_size(tmp_path):
     assert len(losses(moved)) == 9
     for a, b in zip(losses(reference), losses(moved)):
         assert abs(a - b) < 1e-5
+    for a, b in zip(grad_norms(reference), grad_norms(moved)):
+        assert abs(a - b) < 1e-4 * a
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ What each rank does, and why the result does not depend on the world size:
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterator
@@ -126,8 +126,7 @@ def gradient_sync(module: nn.Module, parallel: str, sync: bool) -> Iterator[None
     """While inside, backward reduces gradients across ranks only if `sync`: DDP's no_sync() and
     FSDP2's set_requires_gradient_sync(False) keep them local for all but the last micro-step."""
     if sync or parallel == "none":
-        with nullcontext():
-            yield
+        yield
         return
     if parallel == "ddp":
         with module.no_sync():

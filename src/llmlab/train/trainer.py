@@ -31,11 +31,10 @@ from llmlab.core.io import atomic_write_json
 from llmlab.core.progress import progress
 from llmlab.model.checkpoint import load_model_state
 from llmlab.tokenizer import Tokenizer
-from llmlab.train import diagnostics
+from llmlab.train import diagnostics, sharded
 from llmlab.train.checkpoint import BEST, CHECKPOINT, capture_rng, restore_rng, save_checkpoint
 from llmlab.train.config import RunConfig, parse_duration
 from llmlab.train.distributed import DistContext, all_sum, choose_parallel, gradient_sync, rank_rows, wrap_model
-from llmlab.train import sharded
 from llmlab.train.loss import Batch, LossFn, causal_lm_loss, target_tokens
 from llmlab.train.metrics import LOSS_PLOT, MetricsLog, plot_losses, read_metrics
 from llmlab.train.optim import lr_at, make_optimizer
