@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install browser clean
+.PHONY: demo test install browser notebooks clean
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# The guide's notebooks in JupyterLab: each notebooks/NN-topic.py (jupytext percent format, the source
+# kept in git) gets its paired .ipynb (generated, ignored by git); edits in either are synced by jupytext.
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -e ".[notebooks]"
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]-*.py
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) runs

@@ -82,3 +82,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert main(["train", "--resume", str(run), "--max-iters", str(stopped_at + 5)]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == stopped_at + 5 and steps == sorted(steps)
+
+
+def test_help_shows_the_chosen_presets_values_and_print_config_resolves_flags(tmp_path, capsys):
+    from llmlab.train.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help", "--preset", "small-llama"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"context length in tokens (default: {PRESETS['small-llama'].model.block_size})" in help_text
+    assert "defaults of preset small-llama" in help_text
+    preset_help = help_text.split("named starting configuration")[1].split("--print-config")[0]
+    assert preset_help.count("(default:") == 1
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"(default: {PRESETS['shakespeare-char'].model.block_size})" in capsys.readouterr().out
+    assert main(["train", "--preset", "small-llama", "--n-layer", "2", "--print-config", "--out", str(tmp_path / "r")]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["model"]["n_layer"] == 2
+    assert config["model"]["n_embd"] == PRESETS["small-llama"].model.n_embd
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing written

@@ -53,7 +53,12 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as one short paragraph: argparse prints the whole usage block
-    first (30 lines for `train`), which buries the one line that says what was wrong."""
+    first (30 lines for `train`), which buries the one line that says what was wrong.
+
+    `verb_argv` holds the verb's own arguments before they are parsed, for help that depends on
+    them: `llmlab train --help --preset small-llama` shows that preset's values as the defaults."""
+
+    verb_argv: list[str] = []
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for every option\n")
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(verbs[verb][0])
     parser = _Parser(prog=f"llmlab {verb}", description=verbs[verb][1],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.verb_argv = argv[1:]
     module.add_arguments(parser)
     args, unknown = parser.parse_known_args(argv[1:])
     if unknown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,12 +18,29 @@ from llmlab.train.config import PRESETS, DataConfig, TrainConfig
 # validated in a fraction of a second, so a bad flag fails before seconds of imports and data loading.
 
 
+def _preset_named(argv: list[str]) -> str:
+    """The --preset among the verb's arguments (before parsing), so --help can show its values."""
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv) and argv[i + 1] in PRESETS:
+            return argv[i + 1]
+        if arg.startswith("--preset=") and arg.partition("=")[2] in PRESETS:
+            return arg.partition("=")[2]
+    return "shakespeare-char"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    preset_name = _preset_named(getattr(parser, "verb_argv", []))
+    preset = PRESETS[preset_name]
     parser.description = (
         "Train a decoder-only Transformer. Start from --preset and override any field below; the resolved "
-        "config is saved to OUT/config.json. Data: see --data and --data-file below.")
+        "config is saved to OUT/config.json. Data: see --data and --data-file below. The defaults shown "
+        f"are preset {preset_name}'s values (`--help --preset NAME` shows another's; --print-config the "
+        "resolved config).")
     parser.add_argument("--preset", default="shakespeare-char", choices=list(PRESETS),
-                        help="named starting configuration (default: shakespeare-char)")
+                        help="named starting configuration")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (the preset with your flags applied) as JSON and exit "
+                             "without training")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<timestamp>)")
     parser.add_argument("--init", metavar="MODEL",
                         help="start from this pretrained model instead of random weights: smollm2, a .gguf file, a "
@@ -31,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(--seq-len to change it)")
     parser.add_argument("--resume", type=Path, metavar="DIR",
                         help="continue the run in DIR exactly where its checkpoint stopped")
-    add_config_flags(parser, ModelConfig, "model (ModelConfig)")
-    add_config_flags(parser, DataConfig, "data (DataConfig)")
-    add_config_flags(parser, TrainConfig, "training (TrainConfig)")
+    add_config_flags(parser, ModelConfig, f"model (ModelConfig; defaults of preset {preset_name})", shown=preset.model)
+    add_config_flags(parser, DataConfig, f"data (DataConfig; defaults of preset {preset_name})", shown=preset.data)
+    add_config_flags(parser, TrainConfig, f"training (TrainConfig; defaults of preset {preset_name})",
+                     shown=preset.train)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         preset = get_preset(PRESETS, args.preset)
         config = dataclasses.replace(preset, model=apply_flags(preset.model, args), data=apply_flags(preset.data, args),
                                      train=apply_flags(preset.train, args), init=args.init)
+        if args.print_config:
+            from llmlab.core.config import config_to_dict
+            print(json.dumps(config_to_dict(config), indent=2))
+            return 0
         if config.data.data_file and not Path(config.data.data_file).is_file():
             what = "is a directory, not a text file" if Path(config.data.data_file).is_dir() else "no such file"
             raise LLMLabError(f"--data-file {config.data.data_file}: {what}")

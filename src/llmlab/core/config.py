@@ -97,15 +97,19 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
-                     skip: tuple[str, ...] = (), prefix: str = "") -> None:
+                     skip: tuple[str, ...] = (), prefix: str = "", shown: Any = None) -> None:
     """Add one flag per dataclass field. Defaults are SUPPRESSed so presets are not overwritten.
-    prefix "lora" names field r's flag --lora-r (give apply_flags the same prefix)."""
+    prefix "lora" names field r's flag --lora-r (give apply_flags the same prefix). `shown`: an
+    instance (a preset's config) whose values --help shows as the defaults, instead of the class's."""
     group = parser.add_argument_group(title or cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name.startswith("_"):
             continue
         tp = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else None
+        if shown is not None:
+            default = getattr(shown, f.name)
+            default = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
         dest = f"{prefix}_{f.name}" if prefix else f.name

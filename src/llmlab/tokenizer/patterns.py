@@ -22,6 +22,8 @@ from functools import lru_cache
 
 import regex
 
+from llmlab.core.errors import LLMLabError
+
 PATTERNS: dict[str, str] = {
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
@@ -39,12 +41,19 @@ def resolve_pattern(name_or_regex: str) -> str:
 
 @lru_cache(maxsize=16)
 def _compiled(pattern: str) -> regex.Pattern:
-    return regex.compile(pattern)
+    try:
+        return regex.compile(pattern)
+    except regex.error as error:
+        raise LLMLabError(f"split pattern {pattern!r} is not a valid regex ({error}); give one of "
+                          f"{', '.join(PATTERNS)} or a regex that compiles") from None
 
 
 def pretokenize(text: str, pattern: str, split_digits: bool = False) -> list[str]:
-    """Cut `text` into the pieces BPE works inside. Concatenating the pieces gives `text` back."""
+    """Cut `text` into the pieces BPE works inside. `pattern` is a name from PATTERNS ("gpt4") or a
+    regex. With a named pattern, concatenating the pieces gives `text` back (every character matches
+    some branch); a regex of your own drops what it does not match, as `findall` does."""
     segments = [s for s in _DIGIT.split(text) if s] if split_digits else [text]
+    pattern = resolve_pattern(pattern)
     if not pattern:
         return segments
     compiled = _compiled(pattern)
