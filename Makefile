@@ -34,8 +34,10 @@ demo: $(STAMP)
 	@echo "loss curve: runs/demo/loss.png    metrics: runs/demo/metrics.jsonl"
 	$(VENV)/bin/llmlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 200
 
+# Two pytest-xdist workers, one per core, each test file on one worker (its module fixtures load once);
+# the 25 slowest tests are listed at the end.
 test: $(STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations 25 tests
 
 # The guide's notebooks in JupyterLab: each notebooks/NN-topic.py (jupytext percent format, the source
 # kept in git) gets its paired .ipynb (generated, ignored by git); edits in either are synced by jupytext.

@@ -183,41 +183,73 @@ def main() -> int:
             print(f"| {cfg.bands}x{cfg.rows} | {name} | {len(removed)} | {p:.3f} | {r:.3f} | {f1:.3f} | "
                   f"{pair_precision:.3f} of {len(pairs)} | {len(docs) / secs:,.0f} | {theirs[2] / secs:.2f}x |")
     if args.plot:
-        plot_tradeoff(docs, candidates, true_pairs, should_go, args.plot)
+        plot_tradeoff(docs, candidates, true_pairs, should_go, np.array([jac[q] for q in true_pairs]), args.plot)
     return 0
 
 
-def plot_tradeoff(docs, candidates, true_pairs, should_go, path: Path) -> None:
+def plot_tradeoff(docs, candidates, true_pairs, should_go, true_j: np.ndarray, path: Path) -> None:
+    """Three panels, every colour and marker named in a legend, no text labels on the points:
+    the S-curves (one colour per setting; the same colours on the other panels' x tick labels),
+    then recall and precision of `near_duplicates`' removals per setting, for both verifications,
+    beside two predictions from the S-curve: P(candidate) at the threshold, and its mean over the
+    true pairs' Jaccards `true_j` (the expected recall of candidate pairs)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    js = np.linspace(0, 1, 201)
+    names = [f"{b}x{r}" for b, r in SWEEP]
+    colours = [f"C{i}" for i in range(len(SWEEP))]
+    measured = {"estimate": ([], []), "exact": ([], [])}  # verify -> (precisions, recalls)
     print("\n| bands x rows | candidate pairs | precision (candidates) | recall (candidates) | "
           "removals P / R, verify=estimate | removals P / R, verify=exact |")
     print("|---|---:|---:|---:|---:|---:|")
     for b, r in SWEEP:
-        ax1.plot(js, 1 - (1 - js ** r) ** b, label=f"{b}x{r}")
         cand = candidates[(b, r)]
         pc, rc, _ = prf(cand, true_pairs)
         cells = []
-        for verify, marker in (("estimate", "o"), ("exact", "x")):
+        for verify, (ps, rs) in measured.items():
             removed, _, _ = run_ours(docs, MinHashConfig(num_perm=128, bands=b, rows=r, threshold=0.8, verify=verify))
             p, rec, _ = prf(removed, should_go)
+            ps.append(p)
+            rs.append(rec)
             cells.append(f"{p:.3f} / {rec:.3f}")
-            ax2.scatter([rec], [p], marker=marker, color=f"C{SWEEP.index((b, r))}")
-            if verify == "estimate":  # the exact points crowd at precision 1: colours match the left panel
-                ax2.annotate(f"{b}x{r}", (rec, p), fontsize=8)
         print(f"| {b}x{r} | {len(cand)} | {pc:.3f} | {rc:.3f} | {cells[0]} | {cells[1]} |")
-    ax1.axvline(0.8, color="gray", ls="--")
-    ax1.set_xlabel("Jaccard similarity")
-    ax1.set_ylabel("P(candidate)")
-    ax1.set_title("LSH S-curves, 1-(1-J^r)^b")
-    ax1.legend(fontsize=8)
-    ax2.set_xlabel("recall (documents that should go)")
-    ax2.set_ylabel("precision (documents removed)")
-    ax2.set_title("near_duplicates' removals: o verify=estimate, x exact")
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.2, 1, 1]})
+    js = np.linspace(0, 1, 201)
+    for (b, r), name, colour in zip(SWEEP, names, colours):
+        ax1.plot(js, 1 - (1 - js ** r) ** b, color=colour, label=name)
+    ax1.axvline(0.8, color="gray", ls="--", lw=1, label="threshold J = 0.8")
+    ax1.set_xlabel("Jaccard similarity J of a pair")
+    ax1.set_ylabel("P(pair becomes a candidate)")
+    ax1.set_title("LSH S-curves 1-(1-J^r)^b, b bands x r rows")
+    ax1.legend(fontsize=8, title="bands x rows", title_fontsize=8, loc="upper left")
+
+    x = np.arange(len(SWEEP))
+    at_threshold = [1 - (1 - 0.8 ** r) ** b for b, r in SWEEP]
+    expected = [float(np.mean(1 - (1 - true_j ** r) ** b)) for b, r in SWEEP]
+    # the prediction as a wide pale band under the measured line: where they agree, it frames it
+    ax2.plot(x, expected, "-", color="tab:blue", lw=8, alpha=0.25, solid_capstyle="round",
+             label="predicted: S-curve averaged over the true pairs' J")
+    ax2.plot(x, at_threshold, ":", color="gray", marker="s", ms=4, label="predicted: S-curve at J = 0.8")
+    ax2.plot(x, measured["exact"][1], "k-x", label="measured, verify=exact (default)")
+    ax2.plot(x, measured["estimate"][1], "k--o", mfc="none", label="measured, verify=estimate")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("recall (documents that should go)")
+    ax2.set_title("removal recall per setting")
+    ax2.legend(fontsize=7.5, loc="lower left")
+    ax3.plot(x, measured["exact"][0], "k-x", label="measured, verify=exact (default)")
+    ax3.plot(x, measured["estimate"][0], "k--o", mfc="none", label="measured, verify=estimate")
+    ax3.set_ylim(min(measured["estimate"][0] + measured["exact"][0]) - 0.01, 1.005)
+    ax3.set_ylabel("precision (documents removed)")
+    ax3.set_title("removal precision per setting")
+    ax3.legend(fontsize=8, loc="lower right")
+    for ax in (ax2, ax3):
+        ax.set_xticks(x, names)
+        for label, colour in zip(ax.get_xticklabels(), colours):  # the left panel's colour per setting
+            label.set_color(colour)
+        ax.set_xlabel("bands x rows (colour as in the left panel)")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -2,7 +2,9 @@
 
 On a developer machine other jobs often share the cores; several torch processes each spinning
 up a full OpenMP thread pool slow each other down by an order of magnitude. Outside CI the tests
-therefore use one thread (override with LLMLAB_TEST_THREADS); CI has the machine to itself.
+therefore use one thread (override with LLMLAB_TEST_THREADS); CI has the machine to itself. Under
+pytest-xdist (`make test` runs two workers, one per core) every worker uses one thread, and so do
+the processes the tests start (OMP_NUM_THREADS, inherited): two workers already fill two cores.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-if not os.environ.get("CI"):
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("LLMLAB_TEST_THREADS", "1"))
+if not os.environ.get("CI") or os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 

@@ -2,6 +2,7 @@
 
     llmlab data run pipeline.toml
     llmlab data run --recipe web-basic --input raw/ --out clean/ [--workers 2] [--engine dask]
+    llmlab data recipe web-basic [--input raw/] [--out clean/] > pipeline.toml
     llmlab data report clean/
     llmlab data tokenize clean/ --tokenizer tok/ --out shards/
 """
@@ -17,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run a curation pipeline (TOML config or a built-in recipe)")
     run.add_argument("config", nargs="?", type=Path, help="pipeline.toml")
-    run.add_argument("--recipe", help="built-in recipe instead of a config: web-basic, prose, dedup-only")
+    run.add_argument("--recipe", help="built-in recipe instead of a config: web-basic, prose, dedup-only "
+                     "(`llmlab data recipe NAME` prints its TOML)")
     run.add_argument("--input", nargs="+", help="input files/directories (with --recipe, or overriding the config)")
     run.add_argument("--out", help="output directory (overrides the config)")
     run.add_argument("--workers", type=int, help="parallel worker processes (overrides the config)")
@@ -25,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--format", choices=["jsonl", "parquet"],
                      help="output part files: jsonl (gzip by default) or parquet (zstd; needs pyarrow) (overrides the config)")
     run.add_argument("--json", action="store_true", help="print the stats as JSON")
+    recipe = sub.add_parser("recipe", help="print a built-in recipe as a complete pipeline.toml, every key "
+                                           "with its help (save it, edit it, run it)")
+    recipe.add_argument("name", help="web-basic, prose or dedup-only")
+    recipe.add_argument("--input", nargs="+", help="input paths to write into [input] paths (default: raw/)")
+    recipe.add_argument("--out", default="clean/", help="output directory to write into [output] dir")
     report = sub.add_parser("report", help="markdown + PNG report of a curated directory")
     report.add_argument("directory", type=Path)
     report.add_argument("--json", action="store_true", help="print the stats as JSON")
@@ -77,6 +84,10 @@ def _run(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.action == "run":
         return _run(args)
+    if args.action == "recipe":
+        from llmlab.data.curation.pipeline import recipe_toml
+        print(recipe_toml(args.name, args.input, args.out), end="")
+        return 0
     if args.action == "report":
         from llmlab.data.curation.report import write_report
         result = write_report(args.directory)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from tqdm.auto import tqdm
+# Plain text bars, not tqdm.auto: in a notebook without ipywidgets tqdm.auto warns on every import.
+from tqdm import tqdm
 
 
 def progress(total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,

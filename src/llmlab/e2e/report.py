@@ -76,10 +76,9 @@ def funnel_tokens(out: Path, tokenizer) -> dict:
 
 def plot_losses(runs: dict[str, Path], path: Path) -> Path | None:
     """One panel per run (pretrain, sft): train loss per logged step and validation loss per eval."""
-    import matplotlib
+    from llmlab.core.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from llmlab.train.metrics import read_metrics
 

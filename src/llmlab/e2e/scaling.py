@@ -174,10 +174,9 @@ def plot_scaling(points: list[dict], fits: dict[str, PowerLaw], predicted: dict 
     optionally "measured_loss"; the prediction is drawn hollow at the fit's value there (or at
     predicted["loss"] when that panel has no fit), its measured twin filled at the same x.
     """
-    import matplotlib
+    from llmlab.core.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     _check_points(points)
     if predicted is not None:

@@ -1,6 +1,6 @@
 """Pictures for the probes: one figure helper and one heatmap, so every probe's PNG looks alike.
 
-    figure(rows, cols, cell)        a matplotlib figure with the Agg backend (no screen needed)
+    figure(rows, cols, cell)        a matplotlib figure (Agg, no screen needed; inline in a notebook)
     save(fig, path)                 written atomically, then closed
     heatmap(ax, values, ...)        a matrix with labelled axes, an optional colour bar and cell text
     axis_label(text)                a token made printable on an axis: spaces and newlines shown
@@ -20,10 +20,9 @@ def figure(rows: int = 1, cols: int = 1, cell: tuple[float, float] = (4.0, 3.5),
     """(fig, axes as a flat list). matplotlib is imported here, so `llmlab inspect --help` stays fast."""
     import warnings
 
-    import matplotlib
+    from llmlab.core.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     # A token from another script (CJK, emoji) may lack a glyph in the default font: it shows as a
     # box, which is fine for a label, and the warning per glyph would bury the command's output.

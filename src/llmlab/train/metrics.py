@@ -78,10 +78,9 @@ class MetricsLog:
 
 def plot_losses(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """Train (thin) and val (markers) loss against step, one colour per run; written atomically."""
-    import matplotlib
+    from llmlab.core.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (name, rows) in enumerate(runs.items()):

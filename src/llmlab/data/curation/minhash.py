@@ -54,7 +54,7 @@ class MinHashConfig:
     enabled: bool = field(default=True, metadata={"help": "near-dedup with MinHash + LSH"})
     shingle_size: int = field(default=5, metadata={"help": "words per shingle"})
     num_perm: int = field(default=128, metadata={"help": "hash functions (signature length)"})
-    # 20 x 6: P[candidate] = 0.99 at J = 0.8 (14 x 9: 0.87, 9 x 13: 0.47), at the price of more
+    # 20 x 6: P[candidate] = 0.99 at J = 0.8 (14 x 9: 0.87, 9 x 13: 0.40), at the price of more
     # false candidates (S-curve midpoint ~0.61), which exact verification removes for little
     # time (benchmarks/dedup.py). With verify = "estimate", 14 x 9 balances its noise better.
     bands: int = field(default=20, metadata={"help": "LSH bands (bands * rows <= num_perm)"})

@@ -1,10 +1,10 @@
 """The pipeline's configuration: one dataclass per stage, one TOML file for all, named recipes.
 
 A pipeline.toml has one table per section; every key is a field below (unknown keys are an
-error that lists the valid ones):
+error that lists the valid ones), and a key left out keeps its default:
 
     [input]
-    paths = ["raw/"]
+    paths = ["raw/"]          # files or directories, relative to this file
     text_field = "text"
     [output]
     dir = "clean/"
@@ -15,18 +15,20 @@ error that lists the valid ones):
     [quality]
     min_words = 50
     [minhash]
-    bands = 9
-    rows = 13
+    bands = 20                # 20 x 6: P(candidate) = 0.99 at Jaccard 0.8 (9 x 13: 0.40)
+    rows = 6
     [execution]
     workers = 2
 
-`llmlab data run --recipe web-basic --input raw/ --out clean/` starts from a recipe instead.
+`llmlab data run --recipe web-basic --input raw/ --out clean/` starts from a recipe instead, and
+`llmlab data recipe web-basic` prints that recipe as a complete pipeline.toml (`recipe_toml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,14 +150,20 @@ def load_config(path: str | Path) -> PipelineConfig:
     return cfg
 
 
-# Named starting points. web-basic: every filter at the papers' thresholds (for crawled text).
-# prose: books/docs already clean of boilerplate: no langid, looser C4 punctuation rule.
-# dedup-only: normalise + exact + near dedup, nothing else.
+# Named starting points, as overrides of the defaults (which are web-basic's values).
 RECIPES: dict[str, dict] = {
     "web-basic": {},
     "prose": {"langid": {"enabled": False}, "quality": {"min_terminal_punct_line_fraction": 0.0}},
     "dedup-only": {"langid": {"enabled": False}, "quality": {"enabled": False}, "repetition": {"enabled": False},
                    "pii": {"enabled": False}, "decontam": {"enabled": False}},
+}
+RECIPE_NOTES: dict[str, str] = {
+    "web-basic": "crawled web pages: every filter at the papers' thresholds. It drops a document when fewer "
+                 "than 12% of its lines end in punctuation, so one-line texts without a final full stop "
+                 "(posts, titles, chat turns) and verse go.",
+    "prose": "books, docs, forum posts: web-basic without language identification and without the "
+             "terminal-punctuation rule (the other Gopher rules, incl. English stop words, stay).",
+    "dedup-only": "text that is already clean: normalise, then exact and near dedup, nothing else.",
 }
 
 
@@ -166,3 +174,40 @@ def recipe_config(name: str, inputs: list[str], out: str) -> PipelineConfig:
     data.setdefault("input", {})["paths"] = [str(p) for p in inputs]
     data.setdefault("output", {})["dir"] = str(out)
     return config_from_mapping(data, f"recipe {name}")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def config_to_toml(cfg: PipelineConfig, header: str = "") -> str:
+    """`cfg` as a complete pipeline.toml: every section and key, each with its help as a comment.
+    `load_config` reads it back to an equal config (paths are then relative to the file)."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for section in dataclasses.fields(cfg):
+        lines += ["", f"[{section.name}]"]
+        part = getattr(cfg, section.name)
+        rows = [(f"{f.name} = {_toml_value(getattr(part, f.name))}", f.metadata.get("help", ""))
+                for f in dataclasses.fields(part)]
+        width = max(len(r) for r, _ in rows)
+        lines += [f"{r:<{width}}  # {h}" if h else r for r, h in rows]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def recipe_toml(name: str, inputs: list[str] | None = None, out: str = "clean/") -> str:
+    """The recipe `name` as a complete pipeline.toml (what `llmlab data recipe NAME` prints)."""
+    cfg = recipe_config(name, inputs or ["raw/"], out)
+    changed = [f"  {s}.{k} = {_toml_value(v)}" for s, table in RECIPES[name].items() for k, v in table.items()]
+    header = "\n".join([textwrap.fill(f"pipeline.toml for the built-in recipe {name!r}: {RECIPE_NOTES[name]}", 98),
+                        "Differs from the defaults in:" + ("\n" + "\n".join(changed) if changed
+                                                          else " nothing (the defaults are this recipe)"),
+                        "Relative paths are relative to this file. Run: llmlab data run THIS_FILE"])
+    return config_to_toml(cfg, header)

@@ -22,9 +22,9 @@ def load_stats(directory: str | Path) -> dict:
 
 
 def plot_report(stats: dict, img_dir: Path, prefix: str = "curation") -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from llmlab.core.plotting import pyplot
+
+    plt = pyplot()
 
     img_dir.mkdir(parents=True, exist_ok=True)
     paths = []
