@@ -8,10 +8,17 @@ import sys
 from pathlib import Path
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults=None, skip: tuple[str, ...] = ()) -> None:
+    """One flag per SamplingConfig field (--temperature, --top-p, --repetition-penalty, ...), for every verb
+    that generates. defaults: the SamplingConfig this verb starts from (`sampling_from(args, defaults)`);
+    --help shows its values, so the help says what the verb really does."""
     from llmlab.core.config import add_config_flags
     from llmlab.infer.sampling import SamplingConfig
 
+    add_config_flags(parser, SamplingConfig, "sampling (SamplingConfig)", skip=skip, shown=defaults)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2", help="smollm2, a .gguf file, a Hugging Face model directory, an llmlab run directory, "
                                                         "or a `llmlab quantize` directory")
     parser.add_argument("--adapter", help="a LoRA adapter to put on --model (merged at load): a `llmlab finetune` "
@@ -25,7 +32,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compile the decode step (static KV cache, fused matrix-vector loops) at load: about a "
                              "minute the first time, seconds once inductor's on-disk cache is warm; then 2.5-3x the "
                              "eager decode speed on AMD EPYC, less on Intel Xeon (docs/03-inference.md)")
-    add_config_flags(parser, SamplingConfig, "sampling (SamplingConfig)")
+    add_sampling_arguments(parser)
     spec = parser.add_argument_group("speculative decoding (llmlab.infer.speculative; single prompts, same output "
                                      "distribution, greedy text token-identical)")
     spec.add_argument("--speculative", choices=["prompt-lookup", "draft"],
@@ -53,16 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send the prompt as plain text, without the chat template (models without a "
                              "template, e.g. base models and our own runs, always get plain text)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, finish_reason, usage, timings")
-    parser.add_argument("--overflow", default="error", choices=["error", "truncate"],
-                        help="prompt + max tokens beyond the context: error, or drop the oldest prompt tokens")
+    parser.add_argument("--overflow", default="error", choices=["error", "truncate", "shift"],
+                        help="when prompt + --max-new-tokens exceed the model's context: error (a message with the "
+                             "numbers); truncate (drop the oldest prompt tokens); shift (generate past the context: "
+                             "when it is full, keep its newest half and go on, as `llmlab sample` does for small "
+                             "models; one --prompt at a time, no --speculative)")
     add_model_arguments(parser)
 
 
-def sampling_from(args: argparse.Namespace):
+def sampling_from(args: argparse.Namespace, defaults=None):
+    """The SamplingConfig the flags ask for: `defaults` (None: SamplingConfig()) with every given flag applied."""
     from llmlab.core.config import apply_flags
     from llmlab.infer.sampling import SamplingConfig
 
-    return apply_flags(SamplingConfig(), args)
+    return apply_flags(defaults if defaults is not None else SamplingConfig(), args)
 
 
 def speculative_from(args: argparse.Namespace):
@@ -159,6 +170,8 @@ def run_many(args: argparse.Namespace) -> int:
         raise LLMLabError(f"--max-batch {args.max_batch}: must be at least 1")
     if speculative_from(args) is not None:
         raise LLMLabError("speculative decoding works on one prompt at a time: drop --speculative/--draft with --prompts")
+    if args.overflow == "shift":
+        raise LLMLabError("--overflow shift works on one prompt at a time: use --prompt, or drop --overflow with --prompts")
     engine = Engine.load(args.model, args.device, args.dtype, adapter=args.adapter, native_gguf=args.native_gguf)
     t0 = time.perf_counter()
     completions = engine.generate_batch(prompts, sampling_from(args), raw=True if args.raw else None,

@@ -3,8 +3,8 @@
     llmlab rag index docs/ --store kb/                 # .txt .md .html .pdf; re-runs index only changes
     llmlab rag index --builtin pydocs --store kb/
     llmlab rag search kb/ "how does a with statement work" -k 5 --mode hybrid [--json]
-    llmlab rag ask kb/ "How do I define a context manager?" [--json]
-    llmlab rag eval kb/ --qa questions.jsonl --modes dense,bm25,hybrid --k 1,5,10 [--json]
+    llmlab rag ask kb/ "How do I define a context manager?" [--temperature 0.7 --seed 0] [--json]
+    llmlab rag eval kb/ --qa examples/questions.jsonl --modes dense,bm25,hybrid --k 1,5,10 [--alpha 0.3] [--json]
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", help="generator: smollm2, a .gguf path or a model dir")
     p.add_argument("--context-tokens", type=int, default=1024, help="token budget for retrieved context")
     p.add_argument("--order", default="relevance", choices=["relevance", "source"], help="order of context chunks in the prompt")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit in tokens")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     retrieval_flags(p)
+    from llmlab.cli.generate import add_sampling_arguments
+
+    add_sampling_arguments(p, ask_sampling(), skip=("logprobs", "top_logprobs"))
 
     p = sub.add_parser("eval", help="recall@k / MRR@10 / nDCG@10 over a QA file")
     p.add_argument("store", help="the --store directory made by `llmlab rag index`")
@@ -56,6 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--k", default="1,5,10", help="comma list of k for recall@k")
     p.add_argument("--limit", type=int, help="evaluate only the first N questions")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_config_flags(p, RetrievalConfig, "retrieval (RetrievalConfig; hybrid's fusion and alpha, dense's --ann and --ef)",
+                     skip=("mode",))
+
+
+def ask_sampling():
+    """`rag ask`'s starting point: greedy (an answer from the passages, the same every time) with a
+    presence penalty. Plain greedy SmolLM2-135M falls into loops on a long retrieved context (it
+    repeated "The answer is:" ten times on the Python-docs store). The presence penalty counts only
+    the answer's own tokens; CTRL's repetition penalty also counts the prompt, i.e. the passages
+    the answer should quote, and at 1.1-1.2 it changed answers from their first word (docs/04-rag.md)."""
+    from llmlab.infer.sampling import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=256, temperature=0.0, presence_penalty=ASK_PRESENCE_PENALTY)
+
+
+ASK_PRESENCE_PENALTY = 0.5
 
 
 def _embedder():
@@ -139,9 +157,11 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from llmlab.infer import Engine, SamplingConfig
+    from llmlab.cli.generate import sampling_from
+    from llmlab.infer import Engine
     from llmlab.rag.context import fit_context, format_sources
 
+    config = sampling_from(args, ask_sampling())  # a bad flag value fails here, before any model loads
     hits = _search_hits(args, args.question)
     for h in hits:  # sentence-window chunks hand their wider window to the generator
         if h.get("window"):
@@ -150,11 +170,10 @@ def _ask(args: argparse.Namespace) -> int:
     engine = Engine.load(args.model, device=args.device)
     count = lambda text: len(engine.tokenizer.encode(text))  # noqa: E731 - budget in the generator's tokens
     chunks, messages, note = fit_context(args.question, hits, count, lambda m: len(engine.encode_prompt(m)),
-                                         engine.max_context, args.max_new_tokens, args.context_tokens, args.order,
+                                         engine.max_context, config.max_new_tokens, args.context_tokens, args.order,
                                          engine.name or args.model)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0)
     answer = []
     for delta in engine.chat_stream(messages, config):
         answer.append(delta)
@@ -183,6 +202,7 @@ def _eval(args: argparse.Namespace) -> int:
     if bad:
         raise LLMLabError(f"unknown mode(s) {bad}: use dense, bm25, hybrid, naive")
     depth = max(ks + [10])
+    cfg = apply_flags(RetrievalConfig(), args)
     r = _retriever(args, any(m != "bm25" for m in modes))
     qvecs = r.embedder.embed([it["question"] for it in items], show_progress=not args.json) if r.embedder else None
     results = {}
@@ -198,7 +218,8 @@ def _eval(args: argparse.Namespace) -> int:
             ranked = []
             bar = progress(total=len(items), desc=mode, unit="q", disable=True if args.json else None)
             for i, it in enumerate(items):
-                ranked.append(r.search(it["question"], depth, mode, query_vec=None if qvecs is None else qvecs[i]))
+                ranked.append(r.search(it["question"], depth, mode, cfg.ann, cfg.ef, cfg.fusion, cfg.alpha, cfg.candidates,
+                                       cfg.where, query_vec=None if qvecs is None else qvecs[i]))
                 bar.update(1)
             bar.close()
         results[mode] = metrics(relevance(ranked, items), ks)

@@ -93,7 +93,8 @@ def fit_prompts(prompts: list[list[int]], max_new_tokens: int, context: int, ove
     if overflow == "error":
         raise LLMLabError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                           f"context of {context} tokens; shorten the prompt, lower --max-new-tokens, or pass "
-                          "--overflow truncate (drop the oldest prompt tokens)")
+                          "--overflow truncate (drop the oldest prompt tokens) or --overflow shift (one prompt: generate "
+                          "past the context, keeping its newest half when it fills)")
     keep = context - (max_new_tokens if overflow == "truncate" else 0)
     if keep < 1:
         raise LLMLabError(f"max_new_tokens ({max_new_tokens}) alone exceeds the context of {context} tokens")
