@@ -14,13 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("runs", nargs="+", type=Path, help="run directories")
     compare.add_argument("--plot", type=Path, default=Path("runs/compare.png"),
                          help="where to write the overlaid loss curves (PNG)")
+    compare.add_argument("--labels", type=lambda text: text.split(","), default=None,
+                         help="comma-separated names for the runs, in order, used in the table and the "
+                              "plot's legend instead of the directory names, e.g. \"Llama block,GPT-2 block\"")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from llmlab.train.compare import compare_runs, format_table
 
-    result = compare_runs(args.runs, args.plot)
+    result = compare_runs(args.runs, args.plot, labels=args.labels)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -39,11 +39,29 @@ def summarize(rows: list[dict]) -> dict:
                              max(1, sum(1 for r in rows if "tokens_per_s" in r))) if rows else None}
 
 
-def compare_runs(run_dirs: list[Path], plot_path: Path | None = None) -> dict:
-    """{"runs": {name: summary}, "differences": {field: {name: value}}, "plot": path}."""
+def run_names(run_dirs: list[Path], labels: list[str] | None = None) -> list[str]:
+    """What each run is called in the table and the legend: its label when given, else its
+    directory name (the full path when two directories share a name)."""
+    if labels is not None:
+        labels = [label.strip() for label in labels]
+        if len(labels) != len(run_dirs):
+            raise LLMLabError(f"--labels has {len(labels)} name(s) for {len(run_dirs)} runs: give one "
+                              "per run, comma-separated, in the order of the runs")
+        if any(not label for label in labels) or len(set(labels)) != len(labels):
+            raise LLMLabError(f"--labels {','.join(labels)}: each label must be non-empty and different "
+                              "from the others")
+        return labels
     names = [d.name if d.name else str(d) for d in run_dirs]
     if len(set(names)) != len(names):
         names = [str(d) for d in run_dirs]
+    return names
+
+
+def compare_runs(run_dirs: list[Path], plot_path: Path | None = None,
+                 labels: list[str] | None = None) -> dict:
+    """{"runs": {name: summary}, "differences": {field: {name: value}}, "plot": path}.
+    labels: names for the runs (one per directory) in place of their directory names."""
+    names = run_names(run_dirs, labels)
     loaded = {name: load_run(d) for name, d in zip(names, run_dirs)}
     flat = {name: _flatten(cfg) for name, (cfg, _) in loaded.items()}
     ignore = {"data_dir", "llmlab_version"}
