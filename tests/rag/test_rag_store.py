@@ -3,6 +3,7 @@
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 
 from llmlab.cli import main
@@ -10,7 +11,7 @@ from llmlab.core.errors import LLMLabError
 from llmlab.rag.embed import Embedder
 from llmlab.rag.hnsw import HNSW
 from llmlab.rag.ingest import iter_files, read_document
-from llmlab.rag.store import Retriever, Store
+from llmlab.rag.store import Retriever, Store, store_embedder
 
 
 class CountingEmbedder(Embedder):
@@ -185,3 +186,168 @@ def test_pdf_ingestion(tmp_path):
     (tmp_path / "bad.pdf").write_bytes(b"%PDF-garbage")
     with pytest.raises(LLMLabError, match="bad.pdf"):
         read_document(tmp_path / "bad.pdf")
+
+
+# ---- structure chunks, resumable embedding, the store's own encoder ------------------------
+
+class Interrupting:
+    """Delegates to an embedder, raising KeyboardInterrupt (Ctrl-C) once more than `after` texts
+    were asked for; counts the texts it passed on."""
+
+    def __init__(self, inner, after=10**9):
+        self.inner, self.after, self.encoded = inner, after, 0
+        self.model_id, self.count_tokens = inner.model_id, inner.count_tokens
+
+    def embed(self, texts, show_progress=False):
+        if self.encoded + len(texts) > self.after:
+            raise KeyboardInterrupt
+        self.encoded += len(texts)
+        return self.inner.embed(texts)
+
+
+def write_sections(root, n_sections=3, tag="v1"):
+    for name in ("alpha", "beta", "gamma"):
+        parts = [f"# {name.title()} guide\n"]
+        for s in range(n_sections):
+            parts.append(f"## Part {s}\n\nThe {name} part {s} ({tag}) explains step {s} of the {name} setup in detail.\n")
+        (root / f"{name}.md").write_text("\n".join(parts))
+
+
+def structure_index(store_dir, root, emb, parent_tokens=400):
+    store = Store(store_dir, create=True)
+    docs = [read_document(f.resolve()) for f in iter_files([root])]
+    stats = store.index(docs, emb, [str(root.resolve()) + "/"], "structure", 40, 0, parent_tokens)
+    store.close()
+    return stats
+
+
+def consistent(store_dir, emb=None):
+    """Every chunk has its vector, no vector is orphaned, the graph holds exactly the chunks."""
+    store = Store(store_dir)
+    hashes = {r[0] for r in store.db.execute("SELECT hash FROM chunks")}
+    vecs = {r[0] for r in store.db.execute("SELECT hash FROM embeddings")}
+    r = Retriever(store, emb)
+    assert hashes == vecs and len(r.graph) == len(r.chunks)
+    return r
+
+
+def test_structure_reindex_touches_only_the_edited_file(tmp_path, embedder, capsys):
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_sections(root)
+    kb = str(tmp_path / "kb")
+    assert main(["rag", "index", str(root), "--store", kb, "--chunking", "structure", "--chunk-size", "40", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["added"], first["chunks"]) == (3, 9)  # one chunk per "## Part" section
+    old = {r[0] for r in Store(kb).db.execute("SELECT hash FROM chunks")}
+    text = (root / "beta.md").read_text().replace("part 1 (v1)", "part 1 (v2)")
+    (root / "beta.md").write_text(text)
+    assert main(["rag", "index", str(root), "--store", kb, "--chunking", "structure", "--chunk-size", "40", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (second["updated"], second["unchanged"], second["embedded"]) == (1, 2, 1)  # only Part 1 of beta changed
+    assert len({r[0] for r in Store(kb).db.execute("SELECT hash FROM chunks")} - old) == 1
+    assert main(["rag", "search", kb, "beta part 1 v2", "-k", "1", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)[0]
+    assert hit["section"] == "Beta guide > Part 1" and hit["text"].startswith("Beta guide > Part 1\n")
+    # parent_tokens is part of the chunking parameters: changing it re-chunks every document
+    assert main(["rag", "index", str(root), "--store", kb, "--chunking", "structure", "--chunk-size", "40",
+                 "--parent-tokens", "10", "--json"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert (third["updated"], third["embedded"]) == (3, 0)  # same chunk texts, new windows: no re-embedding
+    r = consistent(kb)
+    assert all(c["window"] == c["text"] for c in r.chunks)  # a 10-token parent cannot hold more than the chunk
+
+
+def test_interrupted_embedding_keeps_the_old_state_and_resumes(tmp_path, embedder, monkeypatch):
+    monkeypatch.setattr(Store, "embed_batch", 2)
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_sections(root, 2)
+    kb = tmp_path / "kb"
+    structure_index(kb, root, embedder)
+    before = Store(kb).db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+    write_sections(root, 4, tag="v2")  # every chunk text changes: 12 new texts
+    stop = Interrupting(embedder, after=5)  # Ctrl-C during the third batch of two
+    with pytest.raises(KeyboardInterrupt):
+        structure_index(kb, root, stop)
+    store = Store(kb)
+    assert store.db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall() == before  # the previous state
+    assert store.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == len(before) + 4  # + 2 batches
+    r = Retriever(store, embedder)
+    assert "(v1)" in r.search("alpha part 1 setup", 1, "hybrid")[0]["text"]
+    again = Interrupting(embedder)
+    stats = structure_index(kb, root, again)
+    assert stats["embedded"] == again.encoded == 12 - 4 and stats["chunks"] == 12
+    r = consistent(kb, embedder)
+    assert "(v2)" in r.search("alpha part 3 setup", 1, "dense")[0]["text"]
+    assert structure_index(kb, root, Interrupting(embedder, after=0))["embedded"] == 0  # nothing left to do
+
+
+def adapted_encoder(path):
+    """A copy of MiniLM with slightly perturbed weights: an 'adapted' encoder, different vectors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from llmlab.core.assets import minilm_dir
+
+    path.mkdir(parents=True)
+    for f in ("config.json", "vocab.txt"):
+        shutil.copy(minilm_dir() / f, path / f)
+    weights = load_file(str(minilm_dir() / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    w = weights["embeddings.word_embeddings.weight"]
+    weights["embeddings.word_embeddings.weight"] = w + 0.02 * torch.randn(w.shape, generator=g)
+    save_file(weights, str(path / "model.safetensors"))
+    return path
+
+
+def test_reembed_with_the_stores_encoder_resumes_and_switches(tmp_path, embedder, monkeypatch):
+    monkeypatch.setattr(Store, "embed_batch", 2)
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_sections(root, 2)
+    kb = tmp_path / "kb"
+    structure_index(kb, root, embedder)
+    assert store_embedder(Store(kb)).model_id == embedder.model_id  # no encoder: the built-in MiniLM
+    tuned = Embedder(adapted_encoder(kb / "encoder"))
+    assert tuned.model_id != embedder.model_id
+    with pytest.raises(KeyboardInterrupt):
+        Store(kb).reembed(Interrupting(tuned, after=3))
+    store = Store(kb)
+    assert store.meta["embed_model"] == embedder.model_id and "encoder" not in store.meta  # still the old vectors
+    Retriever(store, embedder)
+    resumed = Interrupting(tuned)
+    resumed.model_dir = tuned.model_dir
+    assert Store(kb).reembed(resumed) == resumed.encoded == 6 - 2  # the two staged vectors are kept
+    store = Store(kb)
+    assert store.meta["encoder"] == "encoder" and store.meta["embed_model"] == tuned.model_id
+    own = store_embedder(store)
+    assert own.model_id == tuned.model_id
+    r = consistent(kb)
+    texts = [c["text"] for c in r.chunks]
+    assert np.allclose(store.chunk_vectors()[1], tuned.embed(texts), atol=1e-5)
+    r = Retriever(store, own)
+    q = "gamma part 1 setup"
+    assert [h["id"] for h in r.search(q, 3, "dense", ann=True)] == [h["id"] for h in r.search(q, 3, "dense")]
+    with pytest.raises(LLMLabError, match="not comparable"):
+        Retriever(store, embedder)  # base-model queries against adapted vectors
+    with pytest.raises(LLMLabError, match="not an encoder directory"):
+        store.set_encoder("nowhere")
+    (kb / "encoder" / "model.safetensors").unlink()
+    with pytest.raises(LLMLabError, match="missing"):
+        store_embedder(Store(kb))
+
+
+def test_old_store_gains_the_section_column(tmp_path, embedder):
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_docs(root)
+    index(tmp_path / "kb", root, embedder)
+    db = sqlite3.connect(str(tmp_path / "kb" / "store.sqlite"))
+    with db:
+        db.execute("ALTER TABLE chunks DROP COLUMN section")  # as a store written before this column
+    db.close()
+    r = Retriever(Store(tmp_path / "kb"), embedder)
+    assert r.search("while loop", 1, "bm25")[0]["section"] == ""

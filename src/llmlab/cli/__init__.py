@@ -38,6 +38,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "rag": ("llmlab.cli.rag", "index documents, search, answer with citations, evaluate retrieval"),
     "data": ("llmlab.cli.data", "curate raw text into clean, deduplicated, tokenized shards"),
     "e2e": ("llmlab.cli.e2e", "raw built-in text to a report card: curate, BPE, pretrain, SFT, evaluate (cached, resumable)"),
+    "assistant": ("llmlab.cli.assistant", "a local documentation assistant: index your files, ask, serve, evaluate, tune"),
     "inspect": ("llmlab.cli.inspect", "look inside a model: attention maps, logit lens, surprise, activations, head probes, ablation"),
 }
 

@@ -1,7 +1,7 @@
 """`llmlab rag`: index documents into a store, search it, answer with citations, evaluate retrieval.
 
     llmlab rag index docs/ --store kb/                 # .txt .md .html .pdf; re-runs index only changes
-    llmlab rag index --builtin pydocs --store kb/
+    llmlab rag index --builtin pydocs --store kb/ --chunking structure  # chunks follow the headings
     llmlab rag search kb/ "how does a with statement work" -k 5 --mode hybrid [--json]
     llmlab rag ask kb/ "How do I define a context manager?" [--temperature 0.7 --seed 0] [--json]
     llmlab rag eval kb/ --qa examples/questions.jsonl --modes dense,bm25,hybrid --k 1,5,10 [--alpha 0.3] [--json]
@@ -76,15 +76,12 @@ def ask_sampling():
 ASK_PRESENCE_PENALTY = 0.5
 
 
-def _embedder():
-    from llmlab.rag.embed import Embedder
-
-    return Embedder()
-
-
 def _check_chunking(chunk: ChunkConfig) -> None:
     if chunk.chunk_size < 1:
         raise LLMLabError(f"--chunk-size {chunk.chunk_size}: a chunk must hold at least one token; use e.g. 200")
+    if chunk.parent_tokens < 1:
+        raise LLMLabError(f"--parent-tokens {chunk.parent_tokens}: the parent text is a number of tokens, at least 1; "
+                          f"use e.g. 400")
     if chunk.overlap < 0:
         raise LLMLabError(f"--overlap {chunk.overlap}: the overlap is a number of tokens, 0 or more")
     if chunk.chunking == "fixed" and chunk.overlap >= chunk.chunk_size:
@@ -104,7 +101,7 @@ def _parse_ks(text: str) -> list[int]:
 
 def _index(args: argparse.Namespace) -> int:
     from llmlab.rag.ingest import builtin_documents, iter_files, read_document
-    from llmlab.rag.store import Store
+    from llmlab.rag.store import Store, store_embedder
 
     if not args.paths and not args.builtin:
         raise LLMLabError("nothing to index: pass files/directories or --builtin pydocs")
@@ -121,8 +118,8 @@ def _index(args: argparse.Namespace) -> int:
     for f in iter_files(args.paths):
         docs.append(read_document(f.resolve()))
     store = Store(args.store, create=True)
-    stats = store.index(docs, _embedder(), prune, chunk.chunking, chunk.chunk_size, chunk.overlap,
-                        show_progress=not args.json)
+    stats = store.index(docs, store_embedder(store), prune, chunk.chunking, chunk.chunk_size, chunk.overlap,
+                        chunk.parent_tokens, show_progress=not args.json)
     store.close()
     if args.json:
         print(json.dumps(stats))
@@ -140,19 +137,22 @@ def _search_hits(args: argparse.Namespace, query: str) -> list[dict]:
 
 
 def _retriever(args: argparse.Namespace, need_dense: bool):
-    from llmlab.rag.store import Retriever, Store
+    from llmlab.rag.store import Retriever, Store, store_embedder
 
-    return Retriever(Store(args.store), _embedder() if need_dense else None)
+    store = Store(args.store)
+    return Retriever(store, store_embedder(store) if need_dense else None)
 
 
 def _search(args: argparse.Namespace) -> int:
     hits = _search_hits(args, args.query)
     if args.json:
-        print(json.dumps([{k: h[k] for k in ("source", "title", "text", "score", "start", "end")} for h in hits], indent=2))
+        print(json.dumps([{k: h[k] for k in ("source", "title", "section", "text", "score", "start", "end")} for h in hits],
+                         indent=2))
         return 0
     for i, h in enumerate(hits, start=1):
         text = " ".join(h["text"].split())
-        print(f"[{i}] {h['score']:.4f}  {h['source']}  ({h['title']})\n    {text[:300]}{'...' if len(text) > 300 else ''}")
+        where = h["title"] + (f" / {h['section']}" if h.get("section") else "")
+        print(f"[{i}] {h['score']:.4f}  {h['source']}  ({where})\n    {text[:300]}{'...' if len(text) > 300 else ''}")
     return 0
 
 
@@ -163,7 +163,7 @@ def _ask(args: argparse.Namespace) -> int:
 
     config = sampling_from(args, ask_sampling())  # a bad flag value fails here, before any model loads
     hits = _search_hits(args, args.question)
-    for h in hits:  # sentence-window chunks hand their wider window to the generator
+    for h in hits:  # sentence-window and structure chunks hand their wider window to the generator
         if h.get("window"):
             h["text"] = h["window"]
     print(f"loading {args.model} ...", file=sys.stderr)

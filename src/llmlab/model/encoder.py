@@ -88,13 +88,58 @@ class Encoder(nn.Module):
             x = block(x, bias)
         return x
 
-    @torch.inference_mode()
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Mean of the last hidden states over real tokens (Sentence-BERT pooling), then L2 norm."""
+    def pool(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Mean of the last hidden states over real tokens (Sentence-BERT pooling), then L2 norm.
+        With autograd, for training (rag/adapt.py); `embed` is the same under inference_mode."""
         h = self.forward(ids, mask)
         m = mask.to(h.dtype)[..., None]
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    @torch.inference_mode()
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.pool(ids, mask, normalize)
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights under HF BertModel names (the inverse of `from_pretrained`'s renaming):
+        the fused qkv matrix is split back into query, key and value."""
+        sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        out = {"embeddings.word_embeddings.weight": sd["tok_emb.weight"],
+               "embeddings.position_embeddings.weight": sd["pos_emb.weight"],
+               "embeddings.token_type_embeddings.weight": sd["type_emb.weight"],
+               "embeddings.LayerNorm.weight": sd["ln_emb.weight"], "embeddings.LayerNorm.bias": sd["ln_emb.bias"]}
+        for i in range(self.cfg.num_layers):
+            p = f"encoder.layer.{i}."
+            for part in ("weight", "bias"):
+                for name, t in zip(("query", "key", "value"), sd[f"blocks.{i}.qkv.{part}"].chunk(3)):
+                    out[f"{p}attention.self.{name}.{part}"] = t
+                out[f"{p}attention.output.dense.{part}"] = sd[f"blocks.{i}.attn_out.{part}"]
+                out[f"{p}attention.output.LayerNorm.{part}"] = sd[f"blocks.{i}.ln_attn.{part}"]
+                out[f"{p}intermediate.dense.{part}"] = sd[f"blocks.{i}.ff_in.{part}"]
+                out[f"{p}output.dense.{part}"] = sd[f"blocks.{i}.ff_out.{part}"]
+                out[f"{p}output.LayerNorm.{part}"] = sd[f"blocks.{i}.ln_ff.{part}"]
+        # safetensors stores each tensor on its own: chunk() views must become separate copies.
+        return {k: v.contiguous().clone() for k, v in out.items()}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json + model.safetensors (HF BertModel names), each atomically, so
+        `Encoder.from_pretrained` and transformers' BertModel read the directory back. There is no
+        pooler (mean pooling does not use it): load with BertModel(..., add_pooling_layer=False)."""
+        from safetensors.torch import save_file
+
+        from llmlab.core.io import atomic_path, atomic_write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        c = self.cfg
+        atomic_write_json(directory / "config.json", {
+            "architectures": ["BertModel"], "model_type": "bert", "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+            "intermediate_size": c.intermediate_size, "max_position_embeddings": c.max_position,
+            "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu",
+            "position_embedding_type": "absolute", "pad_token_id": 0})
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(self.hf_state_dict(), str(tmp), metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "Encoder":

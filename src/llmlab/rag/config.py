@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 @dataclass
 class ChunkConfig:
     chunking: str = field(default="recursive", metadata={
-        "help": "how documents are cut: recursive (headings > paragraphs > sentences), fixed (token windows), "
+        "help": "how documents are cut: structure (within one section of the document's headings, code blocks "
+                "whole, each chunk headed by its section path, its parent section kept for answering), "
+                "recursive (headings > paragraphs > sentences), fixed (token windows), "
                 "sentence (one sentence + a window of neighbours), chars (the naive 512-character baseline)",
-        "choices": ["recursive", "fixed", "sentence", "chars"]})
+        "choices": ["structure", "recursive", "fixed", "sentence", "chars"]})
     chunk_size: int = field(default=200, metadata={"help": "max chunk size in embedding-model tokens (characters for chars)"})
     overlap: int = field(default=40, metadata={"help": "tokens shared by consecutive chunks (fixed only)"})
+    parent_tokens: int = field(default=400, metadata={
+        "help": "structure only: max tokens of the parent-section text a chunk hands the generator (its "
+                "section if that fits, else the chunk grown by neighbouring paragraphs)"})
 
 
 @dataclass

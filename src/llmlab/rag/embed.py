@@ -34,6 +34,10 @@ class Embedder:
 
         self.model_dir = Path(model_dir) if model_dir else minilm_dir()
         self.model_name = "all-MiniLM-L6-v2" if model_dir is None else self.model_dir.name
+        # An adapted encoder (llmlab.rag.adapt) often lives in a directory named "encoder", like
+        # another store's: a short hash of the weights keeps their vectors from being mixed.
+        self.weights_tag = "" if model_dir is None else \
+            hashlib.sha256((self.model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
         self.tokenizer = WordPieceTokenizer.from_vocab_file(self.model_dir / "vocab.txt")
         self.encoder = Encoder.from_pretrained(self.model_dir).to(device)
         self.device = device
@@ -45,7 +49,12 @@ class Embedder:
     @property
     def model_id(self) -> str:
         """What a store records so it can refuse vectors from a different model or truncation."""
-        return f"{self.model_name}@{self.max_seq_len}"
+        name = f"{self.model_name}-{self.weights_tag}" if self.weights_tag else self.model_name
+        return f"{name}@{self.max_seq_len}"
+
+    def clear_cache(self) -> None:
+        """Forget the vectors computed so far (a timing run measures real embedding, not lookups)."""
+        self._cache.clear()
 
     def count_tokens(self, text: str) -> int:
         """Length in the embedding model's WordPiece tokens (without [CLS]/[SEP])."""

@@ -5,14 +5,24 @@ Layout of a store directory:
                      chunk ids are AUTOINCREMENT, never reused, because they are the HNSW labels
     hnsw-<gen>.npz   the HNSW graph over the chunk vectors at generation <gen> (written atomically)
 
-Why the vectors live in SQLite: one transaction then covers documents, chunks and their vectors,
-so a crash mid-index leaves the previous consistent state. The HNSW file is derived data, built
+Why the vectors live in SQLite: the chunks and the vectors they need then commit together, so a
+crash mid-index leaves the previous consistent state. Indexing runs in two steps:
+1. embed: the vectors of chunk texts not yet in `embeddings` are committed batch by batch
+   (Store.embed_batch texts per transaction). That table is a cache keyed by text hash, so vectors
+   without a chunk are harmless; a crash here keeps the previous state plus the vectors made so
+   far, and a re-run embeds only the rest.
+2. one transaction writes documents, chunks and meta and drops vectors no chunk uses.
+The HNSW file is derived data, built
 after that transaction commits; its generation number is committed in `meta` only after the file
 is saved. So a re-index interrupted during the graph build (Ctrl-C) leaves new chunks beside the
 previous generation's graph. To tell, every transaction that changes chunks bumps
 `meta.chunks_version`, and the graph file carries the version it was built for (`HNSW.tag`);
 opening a graph whose version or label set differs from the chunks table says so and brings it up
 to date from the stored vectors (no re-embedding), as it does for a missing file.
+
+A store may carry its own encoder (e.g. one fine-tuned on its documents): `meta.encoder` names its
+directory, relative to the store; `store_embedder(store)` loads it (else the built-in MiniLM), and
+`Store.reembed` switches every vector to a new encoder, resumably (staged in `embeddings_next`).
 
 Re-indexing is incremental: a document whose content hash is unchanged is skipped; a changed one
 has its chunks replaced (chunk texts already embedded come from the embedding table, so only new
@@ -32,7 +42,8 @@ import numpy as np
 from llmlab.core.errors import LLMLabError
 from llmlab.rag.bm25 import BM25
 from llmlab.rag.chunking import chunk_document
-from llmlab.rag.embed import content_hash
+from llmlab.core.progress import progress
+from llmlab.rag.embed import Embedder, content_hash
 from llmlab.rag.hnsw import HNSW
 from llmlab.rag.hybrid import reciprocal_rank_fusion, weighted_fusion
 from llmlab.rag.index_exact import ExactIndex
@@ -46,13 +57,17 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS documents (id INTEGER PRIMARY KEY, path TEXT UNIQUE, title TEXT, hash TEXT,
                                       mtime REAL, text TEXT);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id INTEGER REFERENCES documents(id), ord INTEGER,
-                                   text TEXT, start INTEGER, "end" INTEGER, window TEXT, hash TEXT);
+                                   text TEXT, start INTEGER, "end" INTEGER, window TEXT, hash TEXT,
+                                   section TEXT DEFAULT '');
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 CREATE TABLE IF NOT EXISTS embeddings (hash TEXT PRIMARY KEY, vec BLOB);
+CREATE TABLE IF NOT EXISTS embeddings_next (hash TEXT PRIMARY KEY, vec BLOB);
 """
 
 
 class Store:
+    embed_batch = 256  # texts embedded per committed transaction (what a crash can lose)
+
     def __init__(self, directory: str | Path, create: bool = False):
         self.dir = Path(directory)
         db = self.dir / DB_FILE
@@ -64,6 +79,9 @@ class Store:
             self.db = sqlite3.connect(str(db))
             self.db.executescript(_SCHEMA)
             self.meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            if "section" not in {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}:
+                with self.db:  # a store from before heading paths (same format otherwise)
+                    self.db.execute("ALTER TABLE chunks ADD COLUMN section TEXT DEFAULT ''")
         except sqlite3.DatabaseError as e:
             raise LLMLabError(f"{db} is not a readable SQLite database ({e}): delete the store and re-index") from e
         version = int(self.meta.get("format_version", FORMAT_VERSION))
@@ -87,58 +105,132 @@ class Store:
 
     # ---- indexing ---------------------------------------------------------------------------
     def index(self, docs: list[Document], embedder, prune_prefixes: list[str] = (), method: str = "recursive",
-              size: int = 200, overlap: int = 40, show_progress: bool = False) -> dict:
-        """Add/update `docs`; delete stored documents under `prune_prefixes` that are not in `docs`."""
+              size: int = 200, overlap: int = 40, parent_tokens: int = 400, show_progress: bool = False) -> dict:
+        """Add/update `docs`; delete stored documents under `prune_prefixes` that are not in `docs`.
+        Safe to interrupt at any point, and a re-run re-embeds nothing already embedded."""
+        if not self.db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() and \
+                self.meta.get("embed_model") != embedder.model_id:
+            with self.db:  # an empty store takes any model; cached vectors of another one must go
+                self.db.execute("DELETE FROM embeddings")
+                self._set_meta(format_version=FORMAT_VERSION, embed_model=embedder.model_id)
         self.check_model(embedder.model_id)
-        params = f"{method}:{size}:{overlap}"
+        params = f"{method}:{size}:{overlap}" + (f":{parent_tokens}" if method == "structure" else "")
         rechunk_all = self.meta.get("chunking", params) != params  # new chunking: every doc is "changed"
         stats = {"added": 0, "updated": 0, "unchanged": 0, "deleted": 0}
-        seen = set()
-        new_chunks: list[tuple[int, str]] = []  # (doc_id, text hash) of chunks needing vectors
-        with self.db:  # one transaction
+        # 1. plan, writing nothing: which documents changed, and their new chunks
+        stored = {path: (doc_id, h) for doc_id, path, h in self.db.execute("SELECT id, path, hash FROM documents")}
+        changed, seen = [], set()
+        for doc in docs:
+            if doc.path in seen:
+                continue
+            seen.add(doc.path)
+            row = stored.get(doc.path)
+            if row and row[1] == doc.hash and not rechunk_all:
+                stats["unchanged"] += 1
+                continue
+            chunks = chunk_document(doc.text, embedder.count_tokens, method, size, overlap, title=doc.title,
+                                    parent_tokens=parent_tokens)
+            changed.append((doc, row[0] if row else None, chunks))
+        gone = [doc_id for path, (doc_id, _) in stored.items()
+                if path not in seen and any(path.startswith(p) for p in prune_prefixes)]
+        # 2. vectors for texts the cache lacks, committed batch by batch
+        texts = {content_hash(c.text): c.text for _, _, chunks in changed for c in chunks}
+        stats["embedded"] = self._embed_missing(texts, embedder, "embeddings", show_progress)
+        # 3. one transaction: documents, chunks, meta
+        with self.db:
             self._set_meta(format_version=FORMAT_VERSION, embed_model=embedder.model_id, chunking=params)
-            for doc in docs:
-                seen.add(doc.path)
-                row = self.db.execute("SELECT id, hash FROM documents WHERE path = ?", (doc.path,)).fetchone()
-                if row and row[1] == doc.hash and not rechunk_all:
-                    stats["unchanged"] += 1
-                    continue
-                if row:
-                    self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
+            for doc, doc_id, chunks in changed:
+                if doc_id is not None:
+                    self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
                     self.db.execute("UPDATE documents SET title=?, hash=?, mtime=?, text=? WHERE id=?",
-                                    (doc.title, doc.hash, doc.mtime, doc.text, row[0]))
-                    doc_id = row[0]
+                                    (doc.title, doc.hash, doc.mtime, doc.text, doc_id))
                     stats["updated"] += 1
                 else:
                     doc_id = self.db.execute("INSERT INTO documents (path, title, hash, mtime, text) VALUES (?,?,?,?,?)",
                                              (doc.path, doc.title, doc.hash, doc.mtime, doc.text)).lastrowid
                     stats["added"] += 1
-                for i, c in enumerate(chunk_document(doc.text, embedder.count_tokens, method, size, overlap)):
-                    h = content_hash(c.text)
-                    self.db.execute('INSERT INTO chunks (doc_id, ord, text, start, "end", window, hash) VALUES (?,?,?,?,?,?,?)',
-                                    (doc_id, i, c.text, c.start, c.end, c.window, h))
-                    new_chunks.append((doc_id, h))
-            for doc_id, path in self.db.execute("SELECT id, path FROM documents").fetchall():
-                if path not in seen and any(path.startswith(p) for p in prune_prefixes):
-                    self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
-                    self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
-                    stats["deleted"] += 1
-            # embed only chunk texts whose hash has no vector yet (the embedding cache)
-            missing = [r for r in self.db.execute(
-                "SELECT DISTINCT c.hash, c.text FROM chunks c LEFT JOIN embeddings e ON e.hash = c.hash "
-                "WHERE e.hash IS NULL").fetchall()]
-            if missing:
-                vecs = embedder.embed([t for _, t in missing], show_progress=show_progress)
-                self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
-                                    [(h, v.astype(np.float32).tobytes()) for (h, _), v in zip(missing, vecs)])
-            stats["embedded"] = len(missing)
+                self.db.executemany(
+                    'INSERT INTO chunks (doc_id, ord, text, start, "end", window, hash, section) VALUES (?,?,?,?,?,?,?,?)',
+                    [(doc_id, i, c.text, c.start, c.end, c.window, content_hash(c.text), c.section)
+                     for i, c in enumerate(chunks)])
+            for doc_id in gone:
+                self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+                self.db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+                stats["deleted"] += 1
             self.db.execute("DELETE FROM embeddings WHERE hash NOT IN (SELECT hash FROM chunks)")
-            if stats["added"] or stats["updated"] or stats["deleted"]:  # the graph must follow
+            if changed or gone:  # the graph must follow
                 self._set_meta(chunks_version=int(self.meta.get("chunks_version") or 0) + 1)
         stats["chunks"] = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         stats["documents"] = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         self.update_hnsw(show_progress=show_progress)
         return stats
+
+    def _embed_missing(self, texts: dict[str, str], embedder, table: str, show_progress: bool) -> int:
+        """Embed the texts (hash -> text) whose hash has no row in `table`, committing every
+        `embed_batch` texts; returns how many were embedded."""
+        have = {r[0] for r in self.db.execute(f"SELECT hash FROM {table}")}
+        missing = sorted(((h, t) for h, t in texts.items() if h not in have), key=lambda ht: len(ht[1]))
+        bar = progress(total=len(missing), desc="embed", unit="text", disable=None if show_progress else True)
+        try:  # texts sorted by length: each batch pads to similar lengths
+            for i in range(0, len(missing), self.embed_batch):
+                batch = missing[i:i + self.embed_batch]
+                vecs = embedder.embed([t for _, t in batch])
+                with self.db:
+                    self.db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)",
+                                        [(h, v.astype(np.float32).tobytes()) for (h, _), v in zip(batch, vecs)])
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        return len(missing)
+
+    # ---- the store's encoder ----------------------------------------------------------------
+    def set_encoder(self, encoder: str | Path | None) -> None:
+        """Record the encoder directory (relative to the store directory; None = the built-in
+        MiniLM) that store_embedder loads. Its vectors must be the store's: index an empty store
+        after this, or switch the vectors with `reembed` (which records the encoder itself)."""
+        with self.db:
+            if encoder is None:
+                self.db.execute("DELETE FROM meta WHERE key = 'encoder'")
+                self.meta.pop("encoder", None)
+                return
+            path = self.dir / encoder
+            if not all((path / f).is_file() for f in ("model.safetensors", "config.json", "vocab.txt")):
+                raise LLMLabError(f"{path} is not an encoder directory (model.safetensors, config.json, vocab.txt): "
+                                  f"save the encoder there first")
+            self._set_meta(encoder=self._relative(path))
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.dir.resolve()))
+        except ValueError:  # outside the store: kept absolute
+            return str(path.resolve())
+
+    def reembed(self, embedder, show_progress: bool = False) -> int:
+        """Re-embed every chunk with `embedder` and make it the store's model (meta embed_model and
+        encoder), then rebuild the HNSW graph. Resumable: new vectors are staged and committed in
+        batches; only the last transaction swaps them in. Returns the texts embedded by this call."""
+        if embedder.model_id == self.meta.get("embed_model"):
+            return 0
+        with self.db:
+            if self.meta.get("reembed_model") != embedder.model_id:  # staged vectors of another model
+                self.db.execute("DELETE FROM embeddings_next")
+                self._set_meta(reembed_model=embedder.model_id)
+        texts = dict(self.db.execute("SELECT hash, text FROM chunks").fetchall())
+        n = self._embed_missing(texts, embedder, "embeddings_next", show_progress)
+        with self.db:
+            self.db.execute("DELETE FROM embeddings")
+            self.db.execute("INSERT INTO embeddings SELECT hash, vec FROM embeddings_next "
+                            "WHERE hash IN (SELECT hash FROM chunks)")
+            self.db.execute("DELETE FROM embeddings_next")
+            self.db.execute("DELETE FROM meta WHERE key IN ('reembed_model', 'encoder')")
+            self.meta.pop("reembed_model", None)
+            self.meta.pop("encoder", None)
+            model_dir = getattr(embedder, "model_dir", None)
+            if model_dir is not None and not _is_builtin_encoder(model_dir):
+                self._set_meta(encoder=self._relative(Path(model_dir)))
+            self._set_meta(embed_model=embedder.model_id, hnsw_gen=0)  # gen 0: the old graph is void
+        self.update_hnsw(show_progress=show_progress)
+        return n
 
     # ---- vectors and graph ------------------------------------------------------------------
     def chunk_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -201,6 +293,28 @@ class Store:
         return graph
 
 
+def _is_builtin_encoder(model_dir: str | Path) -> bool:
+    from llmlab.core.assets import minilm_dir
+
+    try:
+        return Path(model_dir).resolve() == minilm_dir().resolve()
+    except LLMLabError:  # MiniLM not installed: whatever this is, it is not it
+        return False
+
+
+def store_embedder(store: Store, **kwargs) -> Embedder:
+    """The Embedder whose vectors the store holds: its own encoder (meta "encoder") when it has
+    one, else the built-in MiniLM. kwargs go to Embedder (device, batch_size, ...)."""
+    name = store.meta.get("encoder")
+    if not name:
+        return Embedder(**kwargs)
+    path = store.dir / name
+    if not (path / "model.safetensors").is_file():
+        raise LLMLabError(f"{store.dir} is embedded with the encoder in {path}, which is missing: restore that "
+                          f"directory, or re-index into a new --store directory")
+    return Embedder(path, **kwargs)
+
+
 class Retriever:
     """In-memory view of a store for searching: chunk rows, exact index, HNSW graph, BM25."""
 
@@ -209,11 +323,12 @@ class Retriever:
         self.embedder = embedder
         if embedder is not None:
             store.check_model(embedder.model_id)
-        rows = store.db.execute('SELECT c.id, d.path, d.title, c.text, c.start, c."end", c.window FROM chunks c '
-                                'JOIN documents d ON d.id = c.doc_id ORDER BY c.id').fetchall()
+        rows = store.db.execute('SELECT c.id, d.path, d.title, c.text, c.start, c."end", c.window, c.section '
+                                'FROM chunks c JOIN documents d ON d.id = c.doc_id ORDER BY c.id').fetchall()
         if not rows:
             raise LLMLabError(f"{store.dir} holds no chunks yet: add documents with `llmlab rag index <docs> --store {store.dir}`")
-        self.chunks = [dict(id=r[0], source=r[1], title=r[2], text=r[3], start=r[4], end=r[5], window=r[6]) for r in rows]
+        self.chunks = [dict(id=r[0], source=r[1], title=r[2], text=r[3], start=r[4], end=r[5], window=r[6],
+                            section=r[7] or "") for r in rows]
         self.row_of = {c["id"]: i for i, c in enumerate(self.chunks)}
         ids, vecs = store.chunk_vectors()
         if len(ids) != len(self.chunks):
@@ -238,7 +353,7 @@ class Retriever:
     def search(self, query: str, k: int = 5, mode: str = "hybrid", ann: bool = False, ef: int = 128,
                fusion: str = "weighted", alpha: float = 0.5, candidates: int = 100, where: str | None = None,
                query_vec: np.ndarray | None = None) -> list[dict]:
-        """Top-k chunks as dicts (id, source, title, text, start, end, window, score), best first.
+        """Top-k chunks as dicts (id, source, title, text, start, end, window, section, score), best first.
 
         mode: dense | bm25 | hybrid. Hybrid fuses the top `candidates` of each (RRF k=60, or weighted
         with `alpha` on dense). `where` is a glob on the source path (a metadata filter).

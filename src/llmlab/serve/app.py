@@ -5,7 +5,12 @@
     POST /v1/embeddings         MiniLM sentence vectors (llmlab.rag.embed), loaded on first use
     GET  /v1/models             the base model, "base:adapter" per LoRA adapter, and minilm
     GET  /health, /metrics      liveness and load; Prometheus text format
-    GET  /                      the chat page (static/chat.html)
+    GET  /, /chat               the chat page (static/chat.html; `home_page` can put another page at /)
+
+Hooks for an app built on this one (llmlab.assistant.app): `rewrite_chat` may replace a chat
+request's body before it is served (and add fields to its response), `extra_models` are names it
+serves that way on the base model, and app.state.guard / app.state.counted_paths let added routes
+share the auth, shutdown and metrics of these.
 
 Request bodies are read and validated by hand (llmlab.serve.protocol) rather than with pydantic
 models, so every failure, malformed JSON included, comes back in OpenAI's error shape with the
@@ -18,6 +23,8 @@ import asyncio
 import hmac
 import inspect
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +50,8 @@ class _CountRequests:
     """ASGI middleware: count every answer by endpoint and status. Plain ASGI (not
     BaseHTTPMiddleware), which would buffer streams and hide client disconnects."""
 
-    def __init__(self, app: Any, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: Metrics, paths: set[str] = COUNTED_PATHS):
+        self.app, self.metrics, self.paths = app, metrics, paths
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -61,7 +68,7 @@ class _CountRequests:
             await self.app(scope, receive, tracking_send)
         finally:
             path = scope.get("path", "")
-            self.metrics.request_done(path if path in COUNTED_PATHS else "other", status)
+            self.metrics.request_done(path if path in self.paths else "other", status)
 
 
 class _EventStream(StreamingResponse):
@@ -78,6 +85,20 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+@dataclass
+class ChatRewrite:
+    """What a `rewrite_chat` hook makes of a chat request: the body to serve instead, fields added
+    at the top level of the whole (non-streamed) response, and events sent ahead of a stream's
+    first chunk."""
+
+    body: dict
+    fields: dict = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)
+
+
+RewriteChat = Callable[[dict], Awaitable[ChatRewrite | None]]
 
 
 def _error_response(e: APIError) -> JSONResponse:
@@ -132,9 +153,13 @@ class _Prompts:
 
 
 def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics: Metrics | None = None,
-               embedder_factory: Any = None) -> FastAPI:
+               embedder_factory: Any = None, rewrite_chat: RewriteChat | None = None,
+               extra_models: tuple[str, ...] = (), home_page: Path | None = None) -> FastAPI:
     """worker: a started EngineWorker. metrics: the one the worker writes to (None: a new one).
-    embedder_factory: () -> llmlab.rag.embed.Embedder (default: the built-in MiniLM)."""
+    embedder_factory: () -> llmlab.rag.embed.Embedder (default: the built-in MiniLM).
+    rewrite_chat: async (chat body) -> ChatRewrite, or None to serve the body as it is; raising
+    APIError answers with it. extra_models: chat model names (listed by /v1/models) that generate
+    on the base model, for the rewrite to claim. home_page: the HTML file at / (default: chat)."""
     config = config or ServeConfig()
     metrics = metrics or worker.metrics or Metrics()
     engine = worker.engine
@@ -148,8 +173,9 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
     app.state.accepting = True        # False once shutdown starts: new requests get 503
     app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
     app.state.embedder = None
+    app.state.counted_paths = set(COUNTED_PATHS) | {"/chat"}   # an app built on this one adds its routes
     embedder_lock = asyncio.Lock()
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(_CountRequests, metrics=metrics, paths=app.state.counted_paths)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
@@ -182,8 +208,10 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
             raise APIError(401, "Incorrect or missing API key: send `Authorization: Bearer KEY` with a key "
                                 "from the server's --api-key-file", "invalid_request_error", code="invalid_api_key")
 
-    def adapter_for(model: str) -> str | None:
-        if model == model_name:
+    app.state.guard = guard
+
+    def adapter_for(model: str, kind: str) -> str | None:
+        if model == model_name or (model in extra_models and kind == "chat"):
             return None
         base, _, adapter = model.rpartition(":")
         if base == model_name and adapter in adapters:
@@ -192,7 +220,7 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
                        "invalid_request_error", "model", "model_not_found")
 
     def served_models() -> list[str]:
-        return [model_name] + [f"{model_name}:{a}" for a in adapters] + [EMBEDDING_MODEL]
+        return [model_name] + [f"{model_name}:{a}" for a in adapters] + list(extra_models) + [EMBEDDING_MODEL]
 
     def token_budget(ids: list[int], req: P.GenerationRequest) -> int:
         """max_new_tokens for this prompt, or 400 context_length_exceeded."""
@@ -218,8 +246,11 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
     async def generate(request: Request, kind: str) -> Response:
         guard(request)
         body = P.parse_json(await read_body(request, config.max_body_bytes))
+        rewrite = await rewrite_chat(body) if rewrite_chat is not None and kind == "chat" else None
+        if rewrite is not None:
+            body = rewrite.body
         req = P.parse_chat(body, config.max_n) if kind == "chat" else P.parse_completion(body, config.max_n)
-        adapter = adapter_for(req.model)
+        adapter = adapter_for(req.model, kind)
         items = []
         for p, prompt in enumerate(req.prompts):
             ids = prompts.encode(prompt, req.model)
@@ -231,7 +262,8 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
         pending = set(rids)
         response_id = P.new_id("chatcmpl" if kind == "chat" else "cmpl")
         if req.stream:
-            return _EventStream(_stream(req, response_id, created_now(), choices, pending, events),
+            ahead = rewrite.events if rewrite is not None else []
+            return _EventStream(_stream(req, response_id, created_now(), choices, pending, events, ahead),
                                 on_close=lambda: worker.cancel(pending))
         clock = asyncio.get_running_loop().time
         next_check = clock() + DISCONNECT_POLL_S
@@ -257,17 +289,20 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
             worker.cancel(pending)
         build = P.chat_completion if kind == "chat" else P.completion
         body = build(response_id, created_now(), req.model, list(choices.values()), token_bytes, req.logprobs)
-        return JSONResponse(body)
+        return JSONResponse(body | rewrite.fields if rewrite is not None else body)
 
     def token_bytes(token: int) -> bytes:
         tok = engine.tokenizer
         return tok.decode_bytes([token])
 
     async def _stream(req: P.GenerationRequest, response_id: str, when: int, choices: dict[str, Choice],
-                      pending: set[str], events: asyncio.Queue):
+                      pending: set[str], events: asyncio.Queue, ahead: list[dict] = ()):
         """SSE chunks in OpenAI's order: per choice a role chunk, content chunks, a finish chunk;
-        then the usage chunk (stream_options.include_usage) and `data: [DONE]`."""
+        then the usage chunk (stream_options.include_usage) and `data: [DONE]`. `ahead`: events
+        of a ChatRewrite, sent first."""
         chat, usage = req.kind == "chat", req.include_usage
+        for event in ahead:
+            yield P.sse(event)
         started: set[str] = set()
         while pending:
             item = await events.get()
@@ -350,10 +385,17 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
         text, content_type = metrics.render()
         return Response(text, media_type=content_type)
 
+    def page(path: Path) -> Response:
+        if not path.is_file():
+            raise APIError(404, f"the page {path.name} (in {path.parent}) is not installed", "not_found_error")
+        return FileResponse(path, media_type="text/html")
+
     @app.get("/")
+    async def home() -> Response:
+        return page(home_page or CHAT_PAGE)
+
+    @app.get("/chat")
     async def chat_page() -> Response:
-        if not CHAT_PAGE.is_file():
-            raise APIError(404, "the chat page (llmlab/serve/static/chat.html) is not installed", "not_found_error")
-        return FileResponse(CHAT_PAGE, media_type="text/html")
+        return page(CHAT_PAGE)
 
     return app

@@ -99,25 +99,30 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def build(engine: Any, config: ServeConfig, embedder_factory: Any = None,
-          start: bool = True) -> tuple[Any, EngineWorker]:
+          start: bool = True, make_app: Any = None) -> tuple[Any, EngineWorker]:
     """(app, worker) for an engine: what run_server serves, and what tests drive. start: run the
-    worker on a thread of its own (else the caller runs worker.run())."""
+    worker on a thread of its own (else the caller runs worker.run()). make_app: (worker, config,
+    metrics) -> app, for an app built on create_app (default: create_app itself)."""
     metrics = Metrics()
     worker = EngineWorker(engine, metrics, config.request_timeout_s)
     if start:
         worker.start()
     try:
-        app = create_app(worker, config, metrics, embedder_factory)
+        if make_app is None:
+            app = create_app(worker, config, metrics, embedder_factory)
+        else:
+            app = make_app(worker, config, metrics)
     except BaseException:
         worker.stop(cancel_running=True)
         raise
     return app, worker
 
 
-def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int:
+def run_server(engine: Any, config: ServeConfig, log_level: str = "info", make_app: Any = None,
+               title: str = "llmlab serve", pages: str = "chat page at /") -> int:
     """Serve `engine` (a ContinuousEngine, or a no-argument function returning one, called after
     the port is bound so a taken port fails fast) until SIGTERM/SIGINT; returns 0 after a graceful
-    shutdown."""
+    shutdown. make_app: see `build`; title and pages: what the start-up line calls it and shows."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))   # uvicorn's own look
     log.addHandler(handler)
@@ -127,14 +132,14 @@ def run_server(engine: Any, config: ServeConfig, log_level: str = "info") -> int
     try:
         if callable(engine) and not hasattr(engine, "step"):
             engine = engine()
-        app, worker = build(engine, config, start=False)
+        app, worker = build(engine, config, start=False, make_app=make_app)
     except BaseException:
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     name = config.model_name or getattr(engine, "name", "") or "llmlab"
-    print(f"llmlab serve: {name} on http://{shown}:{port}  (OpenAI API under /v1, chat page at /; "
+    print(f"{title}: {name} on http://{shown}:{port}  (OpenAI API under /v1, {pages}; "
           "Ctrl-C or SIGTERM stops it gracefully)", file=sys.stderr, flush=True)
     server = Server(app, worker, config, log_level)
     # The engine loop runs on the main thread and HTTP on a second one (see EngineWorker.run), so
