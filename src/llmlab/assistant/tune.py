@@ -108,8 +108,7 @@ def tune(store_dir: str | Path, out_dir: str | Path, cfg: TuneConfig, model: str
             passages = [{"text": c["text"], "doc": c["source"]} for c in retriever.chunks]
             train = [{"query": p["question"], "passage": p["passage"], "doc": p["source"]} for p in pairs]
             report["encoder"] = adapt_encoder(None, train, passages, encoder_dir, adapt, show_progress=show_progress)
-        n = store.reembed(Embedder(encoder_dir), show_progress=show_progress)
-        store.set_encoder(ENCODER_DIR)
+        n = store.reembed(Embedder(encoder_dir), show_progress=show_progress)  # records the encoder too
         _say(f"   store re-embedded with the adapted encoder ({n} chunks)")
     report["encoder_dir"] = str(encoder_dir)
 

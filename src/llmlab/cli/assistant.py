@@ -18,7 +18,6 @@ from pathlib import Path
 from llmlab.core.config import add_config_flags, apply_flags, given_flags
 from llmlab.core.errors import LLMLabError
 
-INDEX_CHUNKING = dict(chunking="structure", chunk_size=200)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", help="files or directories (.txt .md .html .pdf)")
     p.add_argument("--store", required=True, help="store directory (created if missing)")
     p.add_argument("--builtin", choices=["pydocs"], help="index a built-in offline corpus (Python's docs)")
-    p.add_argument("--chunk-size", type=int, default=INDEX_CHUNKING["chunk_size"],
+    p.add_argument("--chunk-size", type=int, default=200,
                    help="max chunk size in embedding-model tokens")
     p.add_argument("--json", action="store_true", help="print the index statistics as JSON")
 
@@ -73,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from llmlab.assistant.config import PRESETS
+    from llmlab.assistant.config import PRESETS, AssistantConfig
     from llmlab.assistant.pipeline import Assistant, read_store_config
 
     if not (Path(args.store) / "store.sqlite").is_file():
@@ -83,27 +82,17 @@ def _open(args: argparse.Namespace):
     if args.preset:  # a preset sets the retrieval stages; what tune trained stays
         preset = PRESETS[args.preset]
         saved = dataclasses.replace(saved, **{f: getattr(preset, f) for f in ("expansion", "rerank", "candidates", "k")})
-    from llmlab.assistant.config import AssistantConfig
     config = dataclasses.replace(saved, **given_flags(AssistantConfig, args))
     return Assistant(args.store, config, device=args.device)
 
 
 def _index(args: argparse.Namespace) -> int:
-    from llmlab.rag.ingest import builtin_documents, iter_files, read_document
+    from llmlab.rag.ingest import collect_documents
     from llmlab.rag.store import Store, store_embedder
 
-    if not args.paths and not args.builtin:
-        raise LLMLabError("nothing to index: pass files/directories or --builtin pydocs")
     if args.chunk_size < 16:
         raise LLMLabError(f"--chunk-size {args.chunk_size}: use at least 16 tokens (e.g. 200)")
-    docs, prune = [], []
-    if args.builtin:
-        docs += builtin_documents(args.builtin)
-        prune.append(f"{args.builtin}:")
-    for p in args.paths:
-        if Path(p).resolve().is_dir():
-            prune.append(str(Path(p).resolve()) + "/")
-    docs += [read_document(f.resolve()) for f in iter_files(args.paths)]
+    docs, prune = collect_documents(args.paths, args.builtin)
     store = Store(args.store, create=True)
     stats = store.index(docs, store_embedder(store), prune, "structure", args.chunk_size, 0, show_progress=not args.json)
     store.close()
@@ -149,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     from llmlab.serve.config import ServeConfig
 
     assistant = _open(args)
-    return serve_assistant(assistant, ServeConfig(), args.host, args.port) or 0
+    return serve_assistant(assistant, ServeConfig(model_name=assistant.config.model), args.host, args.port) or 0
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from llmlab.core.config import add_config_flags, apply_flags
 from llmlab.core.errors import LLMLabError
@@ -100,23 +99,12 @@ def _parse_ks(text: str) -> list[int]:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from llmlab.rag.ingest import builtin_documents, iter_files, read_document
+    from llmlab.rag.ingest import collect_documents
     from llmlab.rag.store import Store, store_embedder
 
-    if not args.paths and not args.builtin:
-        raise LLMLabError("nothing to index: pass files/directories or --builtin pydocs")
-    docs, prune = [], []
-    if args.builtin:
-        docs += builtin_documents(args.builtin)
-        prune.append(f"{args.builtin}:")
-    for p in args.paths:
-        root = Path(p).resolve()
-        if root.is_dir():
-            prune.append(str(root) + "/")
     chunk = apply_flags(ChunkConfig(), args)
     _check_chunking(chunk)  # before reading anything or creating the store
-    for f in iter_files(args.paths):
-        docs.append(read_document(f.resolve()))
+    docs, prune = collect_documents(args.paths, args.builtin)
     store = Store(args.store, create=True)
     stats = store.index(docs, store_embedder(store), prune, chunk.chunking, chunk.chunk_size, chunk.overlap,
                         chunk.parent_tokens, show_progress=not args.json)

@@ -125,3 +125,18 @@ def builtin_documents(name: str) -> list[Document]:
     from llmlab.core.assets import pydocs_topics
 
     return [Document(f"pydocs:{topic}", topic, text) for topic, text in sorted(pydocs_topics().items()) if text.strip()]
+
+
+def collect_documents(paths: list[str | Path], builtin: str | None = None) -> tuple[list[Document], list[str]]:
+    """(documents, prune prefixes) for an index run: the built-in corpus and every supported file
+    under `paths`. A prefix (an indexed directory, or "pydocs:") tells the store which stored
+    documents this run covers, so one that is gone from there is deleted."""
+    if not paths and not builtin:
+        raise LLMLabError("nothing to index: pass files/directories or --builtin pydocs")
+    docs, prune = [], []
+    if builtin:
+        docs += builtin_documents(builtin)
+        prune.append(f"{builtin}:")
+    prune += [str(Path(p).resolve()) + "/" for p in paths if Path(p).resolve().is_dir()]
+    docs += [read_document(f.resolve()) for f in iter_files(paths)]
+    return docs, prune
