@@ -6,16 +6,15 @@ and on SQuAD dev (questions written from the passage).
     python benchmarks/assistant.py --corpus squad --limit 200
 
 Each row adds one stage to the previous (dense, BM25, hybrid, + query expansion, + LM rerank);
-"+ adapted encoder" is the full stack on a store that `llmlab assistant tune` re-embedded with its
-fine-tuned MiniLM. ms/query is the wall time of retrieval alone (no answer), one question at a
-time, as a user meets it. The stores are built here the first time (benchmarks/.cache/), with
+"<stage>, adapted encoder" is that stage on a store that `llmlab assistant tune` re-embedded with
+its fine-tuned MiniLM ("+ rerank, adapted encoder" is the whole stack). ms/query is the wall
+time of retrieval alone (no answer), one question at a time, as a user meets it. The stores are built here the first time (benchmarks/.cache/), with
 `llmlab assistant index`'s chunking; SQuAD's 2,067 dev paragraphs are one document each.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -63,12 +62,16 @@ def main() -> None:
     ap.add_argument("--questions", type=Path, default=ROOT / "examples" / "assistant" / "pydocs_questions.jsonl")
     ap.add_argument("--limit", type=int, default=200, help="SQuAD: questions (one per paragraph, spread out)")
     ap.add_argument("--stages", default="dense,bm25,hybrid,+ expansion,+ rerank,hybrid + rerank")
+    ap.add_argument("--tuned-stages", help="the stages measured again on --tuned (default: --stages); "
+                    "'+ rerank' there is the whole stack with the adapted encoder")
     ap.add_argument("--answers", action="store_true", help="also score answers: base model vs the tuned answerer")
+    ap.add_argument("--gates", default="", help="with --answers: also score the same answers behind these stricter "
+                    "relevance gates (comma-separated min_similarity values, e.g. 0.3,0.4)")
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
 
     from llmlab.assistant.config import AssistantConfig
-    from llmlab.assistant.evaluate import STAGES, ablation, answer_eval, load_questions, prepare_all, retrieval_stage
+    from llmlab.assistant.evaluate import ablation, answer_eval, load_questions, prepare_all, regate
     from llmlab.assistant.pipeline import Assistant
     from llmlab.rag.ingest import builtin_documents
 
@@ -89,11 +92,9 @@ def main() -> None:
     if args.tuned:
         tuned = Assistant(args.tuned)
         tuned._helper, tuned._expansions = base.helper, base._expansions  # one base model, one expansion each
-        full = dataclasses.replace(tuned.config, **STAGES["+ rerank"])
-        rows["+ adapted encoder"] = retrieval_stage(tuned, items, full, desc="+ adapted")
-        for stage in ("dense", "hybrid", "hybrid + rerank"):   # the adapted encoder without the LM stages
-            rows[f"{stage}, adapted encoder"] = retrieval_stage(tuned, items, dataclasses.replace(full, **STAGES[stage]),
-                                                                desc=f"{stage} adapted")
+        tuned_stages = [s.strip() for s in (args.tuned_stages or args.stages).split(",") if s.strip()]
+        for stage, m in ablation(tuned, items, tuned_stages).items():
+            rows[f"{stage}, adapted encoder"] = m
     print(f"\n{args.corpus}: {result['answerable']} answerable questions of {len(items)}; {describe()}")
     print("| retrieval | hit@1 | hit@5 | hit@10 | ms/query |\n|---|---:|---:|---:|---:|")
     for name, m in rows.items():
@@ -107,17 +108,26 @@ def main() -> None:
             who["tuned answerer"] = (tuned, tuned.engine)
         prepared = prepare_all(a, items)
         result["answers"] = {name: answer_eval(a, items, engine=e, prepared=prepared) for name, (a, e) in who.items()}
+        summaries = {f"{name}, gate {a.config.min_similarity}": r["summary"] for name, r in result["answers"].items()}
+        for gate in [float(g) for g in args.gates.split(",") if g.strip()]:
+            for name, r in result["answers"].items():   # the same answers behind a stricter gate
+                summaries[f"{name}, gate {gate}"] = r[f"gate {gate}"] = regate(r["rows"], gate)
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        print("\n| answerer | correct | citation precision | cites | abstention | false abstention |\n"
-              "|---|---:|---:|---:|---:|---:|")
-        for name, a in result["answers"].items():
-            s = a["summary"]
+        print("\n| answerer | correct | citation precision | cites | abstention | false abstention | "
+              "answer in context | abstained on it |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, s in summaries.items():
             print(f"| {name} | {fmt(s['correct'])} | {fmt(s['citation_precision'])} | {fmt(s['cites'])} | "
-                  f"{fmt(s['abstention'])} | {fmt(s['false_abstention'])} |")
+                  f"{fmt(s['abstention'])} | {fmt(s['false_abstention'])} | {fmt(s['in_context'])} | "
+                  f"{s['abstained_in_context']} |")
     print(f"\n({time.time() - t0:.0f} s)", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":
-    main()
+    from llmlab.core.errors import LLMLabError
+
+    try:
+        main()
+    except LLMLabError as e:   # bad input: the message says what to fix, no traceback
+        sys.exit(f"error: {e}")

@@ -76,6 +76,19 @@ def test_unsupported_question_gets_an_abstention_without_a_model_call(kb):
     a.close()
 
 
+def test_cli_ask_abstains_on_a_gated_question_without_loading_the_model(kb, capsys, monkeypatch):
+    from llmlab.infer import Engine
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a gated question loaded the model")
+
+    monkeypatch.setattr(Engine, "load", no_model)
+    assert main(["assistant", "ask", "--store", str(kb[1]), "--preset", "fast",
+                 "What is the best recipe for banana bread?"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == ABSTAIN and "loading" not in err
+
+
 def test_reindex_after_editing_one_file_touches_only_that_file(kb, tmp_path, capsys):
     docs, store = kb
     copy = tmp_path / "kb"

@@ -132,3 +132,22 @@ def test_leakage_guard_catches_a_copied_question() -> None:
     gold = "Default parameter values are evaluated from left to right when the function definition is executed"
     assert leakage("Are default parameter values evaluated when the function definition is executed?", gold) > 0.8
     assert leakage("Why does my fallback list keep growing between calls?", gold) == 0.0
+
+
+def test_every_gold_text_fits_in_one_default_chunk(answerable: list[dict]) -> None:
+    # A hit is a chunk containing the gold text: a gold sentence that the default chunking
+    # (`llmlab assistant index`: structure, 200 encoder tokens) cuts in two can never be found,
+    # and would count as a retrieval miss that no retriever could fix.
+    from llmlab.rag.chunking import chunk_document
+    from llmlab.rag.embed import Embedder
+    from llmlab.rag.ingest import builtin_documents
+
+    count = Embedder().count_tokens
+    docs = {d.path: d for d in builtin_documents("pydocs")}
+    cut = []
+    for r in answerable:
+        doc = docs[r["gold_doc"]]
+        chunks = chunk_document(doc.text, count, "structure", 200, 0, title=doc.title)
+        if not any(normalise_ws(r["gold_text"]) in normalise_ws(c.text) for c in chunks):
+            cut.append(r["id"])
+    assert not cut, f"gold_text split across chunks (pick a span inside one sentence): {cut}"

@@ -13,6 +13,9 @@ docs topic can run to 60,000 characters. Only a line without gold_text falls bac
     cites               answerable questions whose answer cites at least one passage
     abstention          unanswerable questions answered with the abstention sentence
     false abstention    answerable questions answered with it
+    in context          answerable questions whose passages hold the answer (reference answer
+                        or gold_text); abstained_in_context counts the false abstentions among
+                        them, the ones that are the answerer's fault rather than retrieval's
 
 Answers are generated as one batch (Engine.generate_batch), greedy, so a run is repeatable and the
 whole set takes one pass of the continuous-batching engine instead of a model call per question.
@@ -55,7 +58,7 @@ def load_questions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise LLMLabError(f"{path} not found: pass a JSONL file of {{\"question\", \"answer\", \"gold_text\" or "
-                          "\"gold_doc\", \"answerable\"}} lines")
+                          "\"gold_doc\", \"answerable\"} lines")
     items = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -129,7 +132,7 @@ def answer_eval(assistant, items: list[dict], engine=None, show_progress: bool =
     asked = [p for p in prepared if not p.gated]  # the relevance gate abstains without the model
     outs = iter(engine.generate_batch([p.messages for p in asked], assistant.sampling()) if asked else [])
     seconds = time.perf_counter() - t0
-    rows, cited_total, cited_good = [], 0, 0
+    rows = []
     for it, p in zip(items, prepared):
         answer = ABSTAIN if p.gated else next(outs).text.strip()
         numbers = cited_numbers(answer, len(p.sources))
@@ -138,24 +141,47 @@ def answer_eval(assistant, items: list[dict], engine=None, show_progress: bool =
         if it["answerable"]:
             ref = it.get("answer", "")
             row["correct"] = contains(answer, ref) if ref else None
-            good = [n for n in numbers if contains(p.sources[n - 1].text, ref or it.get("gold_text", ""))
-                    or contains(p.sources[n - 1].text, it.get("gold_text", ""))]
-            cited_total += len(numbers)
-            cited_good += len(good)
-            row["good_citations"] = good
+            holds = [contains(src.text, ref) or contains(src.text, it.get("gold_text", "")) for src in p.sources]
+            row["good_citations"] = [n for n in numbers if holds[n - 1]]
+            row["in_context"] = any(holds)   # could the answerer have answered at all?
         rows.append(row)
+    summary = summarize(rows)
+    summary["generate_s"] = seconds
+    return {"summary": summary, "rows": rows}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The answer measures of answer_eval's rows."""
     ans = [r for r in rows if r["answerable"]]
     una = [r for r in rows if not r["answerable"]]
     scored = [r for r in ans if r.get("correct") is not None]
-    summary = {
+    cited_total = sum(len(r["cited"]) for r in ans)
+    return {
         "answerable": len(ans), "unanswerable": len(una),
         "correct": sum(r["correct"] for r in scored) / max(len(scored), 1),
-        "citation_precision": cited_good / cited_total if cited_total else None,
+        "citation_precision": sum(len(r["good_citations"]) for r in ans) / cited_total if cited_total else None,
         "citations": cited_total,
         "cites": sum(bool(r["cited"]) for r in ans) / max(len(ans), 1),
         "abstention": sum(r["abstained"] for r in una) / max(len(una), 1) if una else None,
         "false_abstention": sum(r["abstained"] for r in ans) / max(len(ans), 1),
+        # false abstentions split by whether the passages held the answer: only those that did
+        # are the answerer's fault; the others are retrieval's (and abstaining was right)
+        "in_context": sum(bool(r.get("in_context")) for r in ans) / max(len(ans), 1),
+        "abstained_in_context": sum(r["abstained"] and bool(r.get("in_context")) for r in ans),
         "gated": sum(r["gated"] for r in rows),
-        "generate_s": seconds,
     }
-    return {"summary": summary, "rows": rows}
+
+
+def regate(rows: list[dict], min_similarity: float) -> dict:
+    """The summary had the relevance gate been `min_similarity` (at least the one the rows were
+    answered with): a row whose support is below it becomes an abstention without a model call.
+    Exact, not an estimate: answers are greedy, so every row the stricter gate lets through is
+    answered as it was."""
+    regated = []
+    for r in rows:
+        if not r["gated"] and r["support"] < min_similarity:
+            r = dict(r, answer=ABSTAIN, abstained=True, gated=True, cited=[])
+            if r["answerable"]:
+                r.update(correct=None if r.get("correct") is None else False, good_citations=[])
+        regated.append(r)
+    return summarize(regated)

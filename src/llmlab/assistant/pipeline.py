@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,9 @@ class Assistant:
     """Retrieval + grounded answering over one store. Models load on first use."""
 
     def __init__(self, store_dir: str | Path, config: AssistantConfig | None = None, device: str = "cpu",
-                 engine=None, helper_engine=None):
+                 engine=None, helper_engine=None, on_model_load: Callable[[str], None] | None = None):
+        """`on_model_load(name)` is called just before a chat model loads (a CLI says so: it takes
+        seconds), which happens on first use only, and never for a question the gate stops."""
         from llmlab.rag.store import Retriever, Store, store_embedder
 
         self.dir = Path(store_dir)
@@ -72,6 +74,7 @@ class Assistant:
         self.retriever = Retriever(self.store, self.embedder)
         self.device = device
         self._engine, self._helper = engine, helper_engine
+        self._on_model_load = on_model_load or (lambda name: None)
         self._reranker = None
         # (question, how) -> Expansion: an evaluation that runs several configurations expands
         # each question once; the time reported stays the generation's own (Expansion.ms).
@@ -87,6 +90,7 @@ class Assistant:
             adapter = self.config.adapter
             if adapter and not Path(adapter).is_absolute():
                 adapter = str(self.dir / adapter)
+            self._on_model_load(self.config.model + (f" + {Path(adapter).name}" if adapter else ""))
             self._engine = Engine.load(self.config.model, device=self.device, adapter=adapter)
         return self._engine
 
@@ -100,6 +104,7 @@ class Assistant:
             else:
                 from llmlab.infer import Engine
 
+                self._on_model_load(self.config.model)
                 self._helper = Engine.load(self.config.model, device=self.device)
         return self._helper
 
@@ -188,10 +193,11 @@ class Assistant:
         return SamplingConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
                               presence_penalty=self.config.presence_penalty)
 
-    def answer_stream(self, question: str, sampling=None) -> Iterator[dict]:
+    def answer_stream(self, question: str, sampling=None, prepared: Prepared | None = None) -> Iterator[dict]:
         """Events: {"type": "sources", "sources": [...]}, then {"type": "delta", "text"} per piece,
-        then {"type": "done", "answer", "citations": [Source dicts cited], "abstained", "timings_ms"}."""
-        prepared = self.prepare(question)
+        then {"type": "done", "answer", "citations": [Source dicts cited], "abstained", "timings_ms"}.
+        `prepared` (from prepare(question)) skips retrieving again."""
+        prepared = prepared or self.prepare(question)
         yield {"type": "sources", "sources": [asdict(s) for s in prepared.sources], "note": prepared.note}
         if prepared.gated:
             yield {"type": "delta", "text": ABSTAIN}

@@ -83,7 +83,8 @@ def _open(args: argparse.Namespace):
         preset = PRESETS[args.preset]
         saved = dataclasses.replace(saved, **{f: getattr(preset, f) for f in ("expansion", "rerank", "candidates", "k")})
     config = dataclasses.replace(saved, **given_flags(AssistantConfig, args))
-    return Assistant(args.store, config, device=args.device)
+    return Assistant(args.store, config, device=args.device,
+                     on_model_load=lambda name: print(f"loading {name} ...", file=sys.stderr, flush=True))
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -107,11 +108,11 @@ def _index(args: argparse.Namespace) -> int:
 
 def _ask(args: argparse.Namespace) -> int:
     assistant = _open(args)
-    print(f"loading {assistant.config.model}{' + ' + Path(assistant.config.adapter).name if assistant.config.adapter else ''} ...",
-          file=sys.stderr)
-    assistant.engine  # noqa: B018 - load before timing the answer
+    prepared = assistant.prepare(args.question)  # a gated question never loads the answerer
+    if not prepared.gated:
+        assistant.engine  # noqa: B018 - load before timing the answer
     done, sources = None, []
-    for event in assistant.answer_stream(args.question):
+    for event in assistant.answer_stream(args.question, prepared=prepared):
         if event["type"] == "sources":
             sources = event["sources"]
         elif event["type"] == "delta" and not args.json:
