@@ -8,8 +8,10 @@ and on SQuAD dev (questions written from the passage).
 Each row adds one stage to the previous (dense, BM25, hybrid, + query expansion, + LM rerank);
 "<stage>, adapted encoder" is that stage on a store that `llmlab assistant tune` re-embedded with
 its fine-tuned MiniLM ("+ rerank, adapted encoder" is the whole stack). ms/query is the wall
-time of retrieval alone (no answer), one question at a time, as a user meets it. The stores are built here the first time (benchmarks/.cache/), with
-`llmlab assistant index`'s chunking; SQuAD's 2,067 dev paragraphs are one document each.
+time of retrieval alone (no answer), one question at a time, as a user meets it. The stores are
+built here the first time (benchmarks/.cache/), with `llmlab assistant index`'s chunking; SQuAD's
+2,067 dev paragraphs are one document each. --answers --gates 0.3,0.4 rescores the same answers
+behind stricter relevance gates (exact: answers are greedy).
 """
 
 from __future__ import annotations
