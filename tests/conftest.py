@@ -51,3 +51,28 @@ def varied_model():
         return model.eval()
 
     return make
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def driver():
+    """Headless Debian Chromium through its own chromedriver, for the page tests (the chat page,
+    the assistant page). An explicit driver path makes Selenium skip Selenium Manager, which would
+    try to download a browser; `make test` installs both packages (`make browser`)."""
+    if not Path(CHROMIUM).is_file() or not Path(CHROMEDRIVER).is_file():
+        pytest.skip(f"needs Debian's chromium and chromedriver at {CHROMIUM} and {CHROMEDRIVER} "
+                    "(apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1300,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield browser
+    browser.quit()

@@ -21,8 +21,6 @@ pytest.importorskip("fastapi")
 pytestmark = pytest.mark.slow   # one load of SmolLM2 for the module
 
 PAGE = Path(__file__).resolve().parents[2] / "src" / "llmlab" / "assistant" / "static" / "assistant.html"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 SOURCES = [  # what a sources event carries (the page needs number, label, score, text)
     {"number": 1, "source": "docs/zorblat.md", "section": "Zorblat > Cache", "title": "Zorblat",
      "text": "The quillon daemon flushes the zorblat cache every 17 minutes.", "start": 0, "end": 60,
@@ -74,24 +72,6 @@ def url(tmp_path_factory):
         thread.join(15)
         worker.stop(cancel_running=True)
         assistant.close()
-
-
-@pytest.fixture(scope="module")
-def driver():
-    if not Path(CHROMIUM).is_file() or not Path(CHROMEDRIVER).is_file():
-        pytest.skip(f"needs Debian's chromium and chromedriver at {CHROMIUM} and {CHROMEDRIVER} "
-                    "(apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1300,900"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)   # explicit path: no download
-    yield browser
-    browser.quit()
 
 
 def wait_for(driver, condition, timeout: float = 10.0, what: str = "condition"):

@@ -258,13 +258,20 @@ def test_structure_reindex_touches_only_the_edited_file(tmp_path, embedder, caps
     assert all(c["window"] == c["text"] for c in r.chunks)  # a 10-token parent cannot hold more than the chunk
 
 
-def test_interrupted_embedding_keeps_the_old_state_and_resumes(tmp_path, embedder, monkeypatch):
+def two_section_store(tmp_path, embedder, monkeypatch):
+    """docs/ with two sectioned files, indexed into kb/ with embedding batches of two (so an
+    interruption can fall between batches). Returns (docs, kb)."""
     monkeypatch.setattr(Store, "embed_batch", 2)
     root = tmp_path / "docs"
     root.mkdir()
     write_sections(root, 2)
     kb = tmp_path / "kb"
     structure_index(kb, root, embedder)
+    return root, kb
+
+
+def test_interrupted_embedding_keeps_the_old_state_and_resumes(tmp_path, embedder, monkeypatch):
+    root, kb = two_section_store(tmp_path, embedder, monkeypatch)
     before = Store(kb).db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
     write_sections(root, 4, tag="v2")  # every chunk text changes: 12 new texts
     stop = Interrupting(embedder, after=5)  # Ctrl-C during the third batch of two
@@ -304,12 +311,7 @@ def adapted_encoder(path):
 
 
 def test_reembed_with_the_stores_encoder_resumes_and_switches(tmp_path, embedder, monkeypatch):
-    monkeypatch.setattr(Store, "embed_batch", 2)
-    root = tmp_path / "docs"
-    root.mkdir()
-    write_sections(root, 2)
-    kb = tmp_path / "kb"
-    structure_index(kb, root, embedder)
+    root, kb = two_section_store(tmp_path, embedder, monkeypatch)
     assert store_embedder(Store(kb)).model_id == embedder.model_id  # no encoder: the built-in MiniLM
     tuned = Embedder(adapted_encoder(kb / "encoder"))
     assert tuned.model_id != embedder.model_id

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 
 CHAT_HTML = Path(__file__).resolve().parents[2] / "src" / "llmlab" / "serve" / "static" / "chat.html"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 # The fixed reply, in the pieces the fake streams it in (one piece = one "token").
 REPLY_PIECES = ["Hello", " from", " the", " fake", " server."]
@@ -139,25 +137,6 @@ def server():
     fake.start()
     yield fake
     fake.stop()
-
-
-@pytest.fixture(scope="module")
-def driver():
-    if not Path(CHROMIUM).is_file() or not Path(CHROMEDRIVER).is_file():
-        pytest.skip(f"needs Debian's chromium and chromedriver at {CHROMIUM} and {CHROMEDRIVER} "
-                    "(apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1200,900"):
-        options.add_argument(flag)
-    # An explicit driver path makes Selenium skip Selenium Manager, which would try to download.
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield browser
-    browser.quit()
 
 
 def wait_for(driver, condition, timeout: float = 10.0, what: str = "condition"):

@@ -24,13 +24,13 @@ whole set takes one pass of the continuous-batching engine instead of a model ca
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 from llmlab.assistant.config import AssistantConfig
 from llmlab.assistant.prompt import ABSTAIN, cited_numbers, is_abstention
 from llmlab.core.errors import LLMLabError
+from llmlab.core.io import read_jsonl_lines
 from llmlab.core.progress import progress
 from llmlab.rag.evaluate import is_hit, normalise_ws
 
@@ -56,17 +56,8 @@ def passage_hit(hit: dict, item: dict) -> bool:
 
 def load_questions(path: str | Path) -> list[dict]:
     path = Path(path)
-    if not path.is_file():
-        raise LLMLabError(f"{path} not found: pass a JSONL file of {{\"question\", \"answer\", \"gold_text\" or "
-                          "\"gold_doc\", \"answerable\"} lines")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LLMLabError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from e
+    for n, item in read_jsonl_lines(path, '{"question", "answer", "gold_text" or "gold_doc", "answerable"} lines'):
         if not isinstance(item, dict) or not str(item.get("question", "")).strip():
             raise LLMLabError(f"{path}:{n} has no \"question\"")
         answerable = item.get("answerable", bool(item.get("gold_doc") or item.get("gold_text")))

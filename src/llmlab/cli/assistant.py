@@ -19,9 +19,8 @@ from llmlab.core.config import add_config_flags, apply_flags, given_flags
 from llmlab.core.errors import LLMLabError
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from llmlab.assistant.config import AssistantConfig
+    from llmlab.assistant.config import PRESETS, AssistantConfig
     from llmlab.assistant.tune import TuneConfig
 
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def store_and_config(q: argparse.ArgumentParser) -> None:
         q.add_argument("--store", required=True, help="the store made by `llmlab assistant index`")
-        q.add_argument("--preset", choices=["fast", "default", "full"], default=None,
+        q.add_argument("--preset", choices=list(PRESETS), default=None,
                        help="fast: no model in retrieval; default: + LM rerank; full: + query expansion "
                             "(default: the store's saved config)")
         q.add_argument("--device", default="cpu", help="cpu, cuda, mps, auto")

@@ -64,6 +64,24 @@ def read_json_object(path: str | os.PathLike, fix: str) -> dict[str, Any]:
     return data
 
 
+def read_jsonl_lines(path: str | os.PathLike, expected: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSONL file. A missing file or a
+    line that is not JSON is an LLMLabError naming the file (and line) and `expected`, e.g.
+    '{"question", "gold_text"} lines'."""
+    from llmlab.core.errors import LLMLabError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LLMLabError(f"{path} not found: pass a JSONL file of {expected}")
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LLMLabError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)

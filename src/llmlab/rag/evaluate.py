@@ -13,12 +13,11 @@ nDCG@10   binary gains, DCG = sum 1/log2(rank+1) over hits in the top 10, divide
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
-from llmlab.core.errors import LLMLabError
+from llmlab.core.io import read_jsonl_lines
 
 
 def normalise_ws(text: str) -> str:
@@ -27,17 +26,8 @@ def normalise_ws(text: str) -> str:
 
 def load_qa(path: str | Path) -> tuple[list[dict], int]:
     """(usable items, number of skipped lines) from a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LLMLabError(f"{path} not found: pass a JSONL file of {{\"question\", \"gold_doc\" or \"gold_text\"}} lines")
     items, skipped = [], 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LLMLabError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from e
+    for _, obj in read_jsonl_lines(path, '{"question", "gold_doc" or "gold_text"} lines'):
         if not isinstance(obj, dict) or not obj.get("question") or not (obj.get("gold_doc") or obj.get("gold_text")):
             skipped += 1
             continue
