@@ -161,8 +161,9 @@ print(f"{off_topic!r} -> {gated['answer']!r} (abstained: {gated['abstained']}, t
 #
 # ## 4. The grounded prompt, the answer, the citations
 #
-# `prepare` retrieves, swaps each chunk for its parent window (said once when two chunks share
-# it), packs what fits the token budget and numbers the passages. The system turn sets the rules:
+# `prepare` retrieves, swaps each chunk for its parent window cut to `passage_words` (100) words
+# around the chunk (said once when two chunks share it; these notes' sections are shorter than
+# that, so nothing is cut here), packs what fits the token budget and numbers the passages. The system turn sets the rules:
 # answer only from the passages, cite `[n]`, or say the fixed abstention sentence. Preparing the
 # first answer loads SmolLM2 (its tokenizer measures the budget).
 

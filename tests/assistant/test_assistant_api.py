@@ -197,3 +197,25 @@ def test_bad_assistant_chat_is_a_400(client):
         "model": "assistant", "messages": [{"role": "system", "content": "Be brief."}]})
     assert response.status_code == 400
     assert "last user message" in response.json()["error"]["message"]
+
+
+def test_gated_question_abstains_on_both_endpoints_without_the_model(client):
+    """Nothing in the store is close to this question: the relevance gate answers it, with the
+    abstention sentence and no passages, on the assistant's endpoint and on chat completions."""
+    from llmlab.assistant.prompt import ABSTAIN
+
+    off_topic = "Which football club won the 1998 league title in Portugal?"
+    body = client.post("/v1/assistant/ask", json={"question": off_topic, "stream": False}).json()
+    assert body["abstained"] and body["answer"] == ABSTAIN and body["sources"] == []
+    response = client.post("/v1/chat/completions", json={
+        "model": "assistant", "messages": [{"role": "user", "content": off_topic}]})
+    assert response.status_code == 200, response.text
+    chat = response.json()
+    assert chat["choices"][0]["message"]["content"] == ABSTAIN and chat["choices"][0]["finish_reason"] == "stop"
+    assert chat["usage"]["completion_tokens"] == 0 and chat["sources"] == []   # no token was generated
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": "assistant", "messages": [{"role": "user", "content": off_topic}], "stream": True}) as stream:
+        events = sse_events(stream)
+    assert events[0] == {"object": "assistant.sources", "sources": []} and events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[1:-1] if e["choices"])
+    assert text == ABSTAIN

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +46,7 @@ def url(tmp_path_factory):
     from llmlab.infer import Engine
     from llmlab.infer.continuous import ContinuousEngine
     from llmlab.serve.config import ServeConfig
-    from llmlab.serve.server import Server, bind_socket, build
+    from llmlab.serve.server import build, serve_in_thread
 
     directory = tmp_path_factory.mktemp("store")
     api.build_store(directory)
@@ -57,20 +55,10 @@ def url(tmp_path_factory):
     config = ServeConfig(model_name="smollm2")
     app, worker = build(ContinuousEngine.from_engine(engine), config,
                         make_app=lambda w, c, m: create_assistant_app(assistant, w, c, m))
-    sock = bind_socket("127.0.0.1", 0)
-    server = Server(app, worker, config, log_level="warning", access_log=False)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the server did not start"
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serve_in_thread(app, worker, config) as (base, _):
+            yield base
     finally:
-        server.begin_shutdown()
-        thread.join(15)
-        worker.stop(cancel_running=True)
         assistant.close()
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from llmlab.core.errors import LLMLabError
-from llmlab.rag.context import SYSTEM_PROMPT, build_messages, format_sources, pack_context
+from llmlab.rag.context import SYSTEM_PROMPT, build_messages, focus_passage, format_sources, pack_context
 from llmlab.rag.evaluate import is_hit, load_qa, metrics
 from llmlab.rag.hybrid import reciprocal_rank_fusion, weighted_fusion
 
@@ -74,3 +74,24 @@ def test_weighted_fusion_single_or_lowest_hit_is_not_absent():
     # ties with the cut are indistinguishable from absent items: 0
     fused = dict(weighted_fusion([(1, 0.9), (2, 0.4), (3, 0.4)], [], alpha=1.0, candidates=2))
     assert fused[2] == 0.0
+
+
+def test_focus_passage_cuts_the_parent_around_the_chunk_and_keeps_the_heading():
+    body = " ".join(f"w{i}" for i in range(300))
+    window = "Guide > Cache\n" + body
+    chunk = "Guide > Cache\n" + " ".join(f"w{i}" for i in range(150, 170))
+    cut = focus_passage(window, chunk, 40)
+    head, _, text = cut.partition("\n")
+    words = text.split()
+    assert head == "Guide > Cache" and words[0] == "..." and words[-1] == "..."
+    assert len(words) == 42 and {"w150", "w169"} <= set(words)          # 40 words, the chunk centred
+    assert words.index("w150") - 1 == 10 and 40 - words.index("w169") == 10
+    # an anchor (a synthetic question's span) moves the cut; one opening with the heading words
+    # still lands on its body, and an unknown one falls back to the window's start
+    assert "w5 " in focus_passage(window, chunk, 40, anchor="Guide > Cache w0 w1 w2 w3 w4 w5 w6 w7")
+    assert focus_passage(window, chunk, 40, anchor="nothing like it").split("\n")[1].startswith("w0 ")
+    assert focus_passage(window, chunk, 300) == window                 # short enough: untouched
+    code = "Title\nintro words here\n\n    def f():\n        return 1\n\nafter"
+    assert "    def f():\n        return 1" in focus_passage(code, "Title\ndef f():", 5)   # indentation kept
+    with pytest.raises(LLMLabError, match="max_words"):
+        focus_passage(window, chunk, 0)

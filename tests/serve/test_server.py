@@ -28,7 +28,7 @@ from llmlab.infer.scheduler import SchedulerConfig
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
 from llmlab.serve.config import ServeConfig
-from llmlab.serve.server import Server, bind_socket, build
+from llmlab.serve.server import build, serve_in_thread
 from llmlab.tokenizer.char import CharTokenizer
 
 ALPHABET = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -93,20 +93,8 @@ class Live:
 @contextmanager
 def serving(engine: ContinuousEngine, config: ServeConfig):
     app, worker = build(engine, config)
-    sock = bind_socket("127.0.0.1", 0)
-    server = Server(app, worker, config, log_level="warning", access_log=False)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the server did not start"
-    try:
-        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", server, worker, app)
-    finally:
-        server.begin_shutdown()
-        thread.join(15)
-        worker.stop(cancel_running=True)
+    with serve_in_thread(app, worker, config) as (url, server):
+        yield Live(url, server, worker, app)
 
 
 @pytest.fixture(scope="module")

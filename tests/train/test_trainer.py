@@ -142,3 +142,21 @@ def test_tensorboard_events_are_written(tmp_path, tiny_data):
     pytest.importorskip("tensorboard")
     start(tiny_run(tiny_data, max_iters=4, eval_every=2, tensorboard=True), tmp_path / "r")
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_flops_accounting_counts_the_head_only_where_it_runs():
+    """MFU's numerator: a frozen weight costs 4 FLOPs per token instead of 6 (no weight gradient),
+    and the output head's share is what a position without a target saves (causal_lm_loss runs
+    the head only at target positions)."""
+    from llmlab.model.config import ModelConfig
+    from llmlab.model.transformer import Transformer
+    from llmlab.train.trainer import head_flops_per_token, training_flops_per_token
+
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8))
+    head = model.lm_head.weight.numel()
+    assert head_flops_per_token(model) == 6 * head
+    full = training_flops_per_token(model, 8)
+    model.requires_grad_(False)
+    assert head_flops_per_token(model) == 4 * head
+    frozen_matmuls = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert training_flops_per_token(model, 8) == full - 2 * frozen_matmuls

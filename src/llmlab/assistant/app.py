@@ -24,7 +24,8 @@ it runs in the thread pool.
 
 Chat completions with model "assistant" take the last user message as the question and answer it
 from the retrieved passages, as the assistant does; earlier turns are not used for retrieval or
-answering. Sampling fields the request leaves out default to the assistant's (max_tokens from its
+answering; a question the relevance gate stops gets the abstention sentence without a model call,
+as on /v1/assistant/ask. Sampling fields the request leaves out default to the assistant's (max_tokens from its
 config, greedy, its presence penalty). Two deviations from OpenAI's shapes carry the sources:
 a whole response has a top-level "sources" list, and a stream sends one extra event,
 `data: {"object": "assistant.sources", "sources": [...]}`, before its first chunk. OpenAI's SDKs
@@ -101,7 +102,8 @@ def create_assistant_app(assistant: Any, worker: Any, config: ServeConfig | None
             if body.get(name) is None:
                 served[name] = value
         sources = source_dicts(prepared)
-        return ChatRewrite(served, {"sources": sources}, [{"object": "assistant.sources", "sources": sources}])
+        return ChatRewrite(served, {"sources": sources}, [{"object": "assistant.sources", "sources": sources}],
+                           reply=ABSTAIN if prepared.gated else None)   # the gate abstains here too
 
     app = create_app(worker, config, metrics, rewrite_chat=rewrite_chat, extra_models=(ASSISTANT_MODEL,),
                      home_page=ASSISTANT_PAGE)

@@ -32,6 +32,12 @@ class AssistantConfig:
     rerank_tokens: int = field(default=96, metadata={"help": "reranker: tokens of each candidate it reads"})
     parent: bool = field(default=True, metadata={"help": "hand the generator each passage's parent section "
                                                          "(structure chunks) instead of the chunk alone"})
+    # 100 words, not the whole (up to 400-token) parent: SmolLM2-135M finds the answering sentence
+    # in four short passages better than in two or three long ones, and four 100-word passages of
+    # Python's docs (~190 tokens each) fit the 900-token budget (docs/13-capstone.md).
+    passage_words: int = field(default=100, metadata={
+        "help": "with --parent: the words of the parent section the generator reads, centred on the retrieved "
+                "chunk (0: the whole parent section). `assistant tune` trains the answerer on passages cut the same way"})
     min_similarity: float = field(default=0.2, metadata={
         "help": "abstain without asking the model when no retrieved passage has at least this cosine similarity "
                 "to the question (MiniLM; unrelated text scores about 0-0.15). 0 turns the gate off"})
@@ -49,6 +55,7 @@ class AssistantConfig:
         check(self, "candidates", self.candidates >= 1, "must be at least 1")
         check(self, "k", 1 <= self.k <= self.candidates, f"must be between 1 and --candidates ({self.candidates})")
         check(self, "alpha", 0.0 <= self.alpha <= 1.0, "must be in [0, 1]")
+        check(self, "passage_words", self.passage_words >= 0, "must be 0 (the whole parent) or more")
         check(self, "context_tokens", self.context_tokens >= 64, "must be at least 64")
         check(self, "max_new_tokens", self.max_new_tokens >= 1, "must be at least 1")
 

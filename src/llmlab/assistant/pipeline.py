@@ -1,7 +1,8 @@
 """The assistant: a question in, a grounded answer with resolved citations out.
 
     question ─► [expand] ─► hybrid search (top candidates) ─► [LM rerank] ─► top k chunks
-             ─► parent sections ─► numbered passages within the window ─► answerer ─► [n] → file § section
+             ─► parent sections cut around each chunk ─► numbered passages within the budget ─► answerer
+             ─► [n] → file § section
 
 Each stage is a layer built in an earlier chapter: the store and hybrid search (chapter 4), the
 chat model and its streaming engine (chapter 3), a LoRA adapter on it (chapter 6). `assistant
@@ -18,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmlab.assistant.config import AssistantConfig
-from llmlab.assistant.prompt import ABSTAIN, Source, cited_numbers, grounded_messages, is_abstention
+from llmlab.assistant.prompt import (ABSTAIN, Source, answer_passage, cited_numbers, grounded_messages,
+                                     is_abstention)
 from llmlab.core.config import config_from_dict, config_to_dict
 from llmlab.core.errors import LLMLabError
 from llmlab.core.io import atomic_write_text
@@ -163,7 +165,7 @@ class Assistant:
         count = lambda text: len(engine.tokenizer.encode(text))  # noqa: E731 - budget in the answerer's tokens
         passages, seen = [], set()
         for h in hits:  # two chunks of one section share their parent: hand it over once
-            text = h["window"] if cfg.parent and h.get("window") else h["text"]
+            text = answer_passage(h, cfg.parent, cfg.passage_words)
             if text not in seen:
                 seen.add(text)
                 passages.append(dict(h, text=text))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llmlab.rag.context import focus_passage
+
 ABSTAIN = "The answer is not in the documents."
 ABSTAIN_MARK = "not in the documents"
 
@@ -39,6 +41,17 @@ class Source:
     def label(self) -> str:
         """'path § section' (or the path alone): how a citation is shown to a person."""
         return f"{self.source} § {self.section}" if self.section else self.source
+
+
+def answer_passage(hit: dict, parent: bool = True, passage_words: int = 100, anchor: str | None = None) -> str:
+    """What the answerer reads for a retrieved chunk: with `parent`, its parent section (the
+    store's window) cut to `passage_words` words around the chunk, or around `anchor` (0: the
+    whole section); otherwise the chunk itself. Answer time and `assistant tune`'s training
+    examples both call this, so the tuned answerer trains on passages cut as it will read them."""
+    window = hit.get("window")
+    if not parent or not window:
+        return hit["text"]
+    return focus_passage(window, hit["text"], passage_words, anchor) if passage_words else window
 
 
 def format_passages(sources: list[Source]) -> str:

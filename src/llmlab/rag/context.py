@@ -7,6 +7,7 @@ chunk would not fit the token budget, number what is kept so the answer can cite
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,49 @@ class ContextChunk:
     start: int
     end: int
     score: float
+
+
+_WORD = re.compile(r"\S+")
+
+
+def focus_passage(window: str, chunk: str, max_words: int, anchor: str | None = None) -> str:
+    """At most `max_words` words of `window` around `anchor`, the heading line kept.
+
+    `window` is the parent section of the retrieved `chunk` (both "header\nbody" for structure
+    chunks, rag.chunking.structure_chunks); `anchor` is the text to centre on, by default the
+    chunk's body (training examples pass the span their synthetic question came from).
+    A 135M answerer reads a 400-token section worse than the 100 words that hold the match, so
+    the generator gets the anchor with its neighbourhood rather than the whole parent; answer
+    time and the answerer's training examples cut passages with this one function, so the model
+    trains on exactly what it will read. The cut follows the original characters (a code block
+    keeps its indentation); "..." marks where text was cut. An anchor not found in the window
+    (whitespace and case are ignored) centres the cut on the window's start.
+    """
+    if max_words < 1:
+        raise LLMLabError(f"max_words={max_words}: a passage needs at least one word")
+    header, sep, body = window.partition("\n")
+    chunk_header, _, chunk_body = chunk.partition("\n")
+    if not sep or chunk_header.strip() != header.strip():
+        header, body, chunk_body = "", window, chunk   # no shared heading line: all of it is body
+    anchor = chunk_body if anchor is None else anchor
+    spans = [m.span() for m in _WORD.finditer(body)]
+    if len(spans) <= max_words:
+        return window
+    words = [body[a:b].lower() for a, b in spans]
+    target = [w.lower() for w in _WORD.findall(anchor)]
+    start, length, probe = 0, 0, 6
+    for skip in range(max(len(target) - probe, 0) + 1):   # the anchor may open with header words
+        needle = target[skip:skip + probe]
+        hit = next((i for i in range(len(words) - len(needle) + 1) if words[i:i + len(needle)] == needle), None)
+        if hit is not None:
+            start, length = hit, min(len(target) - skip, max_words)
+            break
+    lo = max(0, start - (max_words - length) // 2)
+    hi = min(len(spans), lo + max_words)
+    lo = max(0, hi - max_words)
+    text = body[spans[lo][0]:spans[hi - 1][1]]
+    text = ("... " if lo > 0 else "") + text + (" ..." if hi < len(spans) else "")
+    return f"{header}\n{text}" if header else text
 
 
 def _overlaps(a: dict, b: dict) -> bool:

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmlab.core.errors import LLMLabError
+from llmlab.infer.continuous import TokenEvent
 from llmlab.serve import protocol as P
 from llmlab.serve.config import ServeConfig, read_api_keys
 from llmlab.serve.metrics import Metrics
@@ -91,11 +92,13 @@ class _EventStream(StreamingResponse):
 class ChatRewrite:
     """What a `rewrite_chat` hook makes of a chat request: the body to serve instead, fields added
     at the top level of the whole (non-streamed) response, and events sent ahead of a stream's
-    first chunk."""
+    first chunk; `reply`, when set, is the whole answer, sent without running the model (the
+    assistant's relevance gate abstaining)."""
 
     body: dict
     fields: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
+    reply: str | None = None
 
 
 RewriteChat = Callable[[dict], Awaitable[ChatRewrite | None]]
@@ -257,7 +260,12 @@ def create_app(worker: EngineWorker, config: ServeConfig | None = None, metrics:
             budget = token_budget(ids, req)
             items += [(ids, req.sampling_for(p * req.n + j, budget), adapter) for j in range(req.n)]
         events: asyncio.Queue = asyncio.Queue()
-        rids = await worker.submit(items, events)
+        if rewrite is not None and rewrite.reply is not None:   # the hook answered: no model call
+            rids = [P.new_id("fixed") for _ in items]
+            for rid, (ids, _, _) in zip(rids, items):
+                events.put_nowait(TokenEvent(rid, None, rewrite.reply, None, [], "stop", len(ids), 0, 0, 0))
+        else:
+            rids = await worker.submit(items, events)
         choices = {rid: Choice(index=i, prompt_index=i // req.n) for i, rid in enumerate(rids)}
         pending = set(rids)
         response_id = P.new_id("chatcmpl" if kind == "chat" else "cmpl")

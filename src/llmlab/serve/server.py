@@ -21,6 +21,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -116,6 +118,31 @@ def build(engine: Any, config: ServeConfig, embedder_factory: Any = None,
         worker.stop(cancel_running=True)
         raise
     return app, worker
+
+
+@contextmanager
+def serve_in_thread(app: Any, worker: EngineWorker, config: ServeConfig, host: str = "127.0.0.1",
+                    start_timeout_s: float = 10.0) -> Iterator[tuple[str, Server]]:
+    """(base URL, server) of `app` (from `build`) served on a free port of `host` by a thread of
+    this process: for tests, notebooks and benchmarks that talk to a real socket. On exit the
+    server drains as on SIGTERM, then the worker stops."""
+    sock = bind_socket(host, 0)
+    server = Server(app, worker, config, log_level="warning", access_log=False)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llmlab-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        if not server.started:
+            raise LLMLabError(f"the server on {host} did not start within {start_timeout_s:.0f} s")
+        port = sock.getsockname()[1]
+        yield (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"), server
+    finally:
+        server.begin_shutdown()
+        thread.join(15)
+        worker.stop(cancel_running=True)
+        sock.close()
 
 
 def run_server(engine: Any, config: ServeConfig, log_level: str = "info", make_app: Any = None,

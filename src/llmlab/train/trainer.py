@@ -95,6 +95,15 @@ def training_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     return flops
 
 
+def head_flops_per_token(model: torch.nn.Module) -> float:
+    """The output head's share of training_flops_per_token: what a position without a target
+    saves when the loss runs the head only at target positions (causal_lm_loss's logits_mask)."""
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, torch.nn.Linear):
+        return 0.0
+    return (6.0 if head.weight.requires_grad else 4.0) * head.weight.numel()
+
+
 class Trainer:
     def __init__(self, run: RunConfig, model: torch.nn.Module, data: BatchSource, tokenizer: Tokenizer,
                  run_dir: Path, device: torch.device, resume_state: dict | None = None,
@@ -151,6 +160,7 @@ class Trainer:
         self.spikes.recent.extend(self.state.history)
         self.seq_len = run.seq_len
         self.flops_per_token = training_flops_per_token(model, self.seq_len)
+        self.head_flops_per_token = head_flops_per_token(model)
         self.peak, self.peak_source = peak_flops(device, self.cfg.peak_tflops)
         self.stop_requested = False
 
@@ -389,8 +399,13 @@ class Trainer:
                 state.elapsed_s = time.perf_counter() - t_start
                 if self.dist.enabled:   # one clock for all ranks, so --max-time stops them at the same step
                     state.elapsed_s = all_sum([state.elapsed_s], self.dist, self.device)[0] / self.dist.world_size
-                tokens_per_s = row["target_tokens"] / dt
-                mfu = self.flops_per_token * row["input_tokens"] / dt / (self.peak * self.dist.world_size)
+                # tok/s counts every position the model processed, prompt and padding included
+                # (the work done); MFU leaves out the head at positions with no target, which
+                # causal_lm_loss skips (in fine-tuning that is most of them)
+                inputs, targets = row["input_tokens"], row["target_tokens"]
+                tokens_per_s = inputs / dt
+                flops = self.flops_per_token * inputs - self.head_flops_per_token * (inputs - targets)
+                mfu = flops / dt / (self.peak * self.dist.world_size)
                 spike = self.spikes(row["train_loss"])
                 row.update(step=state.step, time_s=round(state.elapsed_s, 3), lr=lr,
                            tokens_per_s=round(tokens_per_s, 1), mfu=round(mfu, 5))
