@@ -30,6 +30,7 @@ import numpy as np
 
 from llmlab.assistant.prompt import ABSTAIN, Source, answer_passage, grounded_messages
 from llmlab.core.progress import progress
+from llmlab.data.curation.minhash import shingle_hashes
 from llmlab.rag.evaluate import normalise_ws
 from llmlab.rag.synth import sentences
 
@@ -43,12 +44,6 @@ def answer_target(question: str, passage: str, span: str, embedder) -> str | Non
         return None
     qv, sv = embedder.embed([question]), embedder.embed(inside)
     return inside[int(np.argmax(sv @ qv[0]))]
-
-
-def shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
-    """The runs of `n` consecutive words of a text (case and whitespace folded)."""
-    words = normalise_ws(text).split()
-    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
 
 
 def grounded_examples(retriever, embedder, rows: list[dict], k: int = 4, abstain_fraction: float = 0.1,
@@ -66,8 +61,9 @@ def grounded_examples(retriever, embedder, rows: list[dict], k: int = 4, abstain
         if own is None:
             continue
         hits = retriever.search(row["question"], 3 * k + 2, "hybrid")
-        own_text = shingles(answer_passage(own, parent, 0))   # the whole parent: what any cut could show
-        others = [h for h in hits if h["source"] != own["source"] and not own_text & shingles(h["text"])]
+        own_text = shingle_hashes(answer_passage(own, parent, 0), 8)   # the whole parent: what any cut shows
+        others = [h for h in hits if h["source"] != own["source"]
+                  and not np.intersect1d(own_text, shingle_hashes(h["text"], 8)).size]
         abstain = rng.random() < abstain_fraction
         if abstain:
             passages = [answer_passage(h, parent, passage_words) for h in others[:k]]

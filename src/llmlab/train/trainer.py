@@ -99,6 +99,7 @@ def head_flops_per_token(model: torch.nn.Module) -> float:
     """The output head's share of training_flops_per_token: what a position without a target
     saves when the loss runs the head only at target positions (causal_lm_loss's logits_mask)."""
     head = getattr(model, "lm_head", None)
+    head = getattr(head, "base", head)   # a LoRA-wrapped head: its frozen base does the big matmul
     if not isinstance(head, torch.nn.Linear):
         return 0.0
     return (6.0 if head.weight.requires_grad else 4.0) * head.weight.numel()
